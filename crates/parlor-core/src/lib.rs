@@ -1,0 +1,24 @@
+//! Parlor's domain core: what a chat is, its rules, and the ports through which it reaches
+//! storage and the bus. Nothing here opens a socket or a file.
+//!
+//! # Layout
+//! - [`snowflake`]: 64-bit time-ordered ids (timestamp, machine id, sequence).
+//! - [`model`]: domain values (events, new messages, membership commands, pages).
+//! - [`rules`]: pure validation and authorization rules, shared by every adapter.
+//! - [`ports`]: the traits adapters implement (store, bus, rate limiter).
+//! - [`chat`]: the chat service, the one entry point the server calls.
+//! - [`error`]: the domain error, carrying a stable wire code.
+//!
+//! Architecture invariant: this crate never imports an adapter or a transport; adapters
+//! depend on it, never the other way round.
+
+pub mod chat;
+pub mod error;
+pub mod model;
+pub mod ports;
+pub mod rules;
+pub mod snowflake;
+
+pub use chat::Chat;
+pub use error::{Error, Result};
+pub use parlor_proto::Id;

@@ -1,0 +1,120 @@
+//! Domain values exchanged between the chat service and the ports.
+
+use parlor_proto::ws::ServerFrame;
+use parlor_proto::Id;
+use std::sync::Arc;
+
+pub type UserId = Id;
+pub type ConvId = Id;
+pub type DeviceId = Id;
+
+/// A committed change, in global commit order. `pos` is the sync position: it increases
+/// with every committed event of the whole store, so "everything after `pos`" is one
+/// question for a reconnecting client, whatever the number of its conversations.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub pos: u64,
+    /// Users whose devices should receive the event live. Computed at commit time from the
+    /// membership that the commit saw, so that delivery never races membership changes.
+    /// Empty for events read back by sync (the reader is the only recipient).
+    pub recipients: Arc<[UserId]>,
+    pub frame: ServerFrame,
+}
+
+/// A message to append, already validated by [`crate::rules`].
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub conv: ConvId,
+    pub sender: UserId,
+    pub cid: Option<String>,
+    pub text: String,
+}
+
+/// What the store returns once a message is committed (or was committed before, for a
+/// retried client message id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub id: Id,
+    pub conv: ConvId,
+    pub seq: u64,
+    pub pos: u64,
+    pub ts: i64,
+    pub duplicate: bool,
+}
+
+/// Membership changes, executed atomically by the store with the rules of
+/// [`crate::rules::membership`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipCommand {
+    Add {
+        actor: UserId,
+        conv: ConvId,
+        user: UserId,
+    },
+    Remove {
+        actor: UserId,
+        conv: ConvId,
+        user: UserId,
+    },
+    Leave {
+        conv: ConvId,
+        user: UserId,
+    },
+    SetRole {
+        actor: UserId,
+        conv: ConvId,
+        user: UserId,
+        role: parlor_proto::rest::Role,
+    },
+}
+
+/// One page of history, bounded by sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest messages.
+    Latest { limit: u32 },
+    /// Messages with `seq < before`, newest first in selection, returned ascending.
+    Before { before: u64, limit: u32 },
+    /// Messages with `seq > after`, ascending.
+    After { after: u64, limit: u32 },
+}
+
+/// A device session as stored (refresh tokens are stored hashed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: UserId,
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// The result of presenting a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The token was current: it is now replaced by the new one.
+    Rotated { user: UserId, device: DeviceId },
+    /// The token was already used once: the device session is now revoked, because a
+    /// stolen token and its owner cannot both keep going.
+    Reused { device: DeviceId },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// Limits that the domain enforces; every one is configurable and documented.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_text_bytes: usize,
+    pub member_limit: u32,
+    pub history_max_page: u32,
+    pub sync_page: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_text_bytes: 16 * 1024,
+            member_limit: 1000,
+            history_max_page: 200,
+            sync_page: 1000,
+        }
+    }
+}

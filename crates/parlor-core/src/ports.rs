@@ -1,0 +1,124 @@
+//! Ports: the narrow traits that adapters implement. Each documents the guarantee every
+//! implementation must give; the shared end-to-end suite checks them.
+
+use crate::error::Result;
+use crate::model::*;
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use parlor_proto::rest::{ConversationDetail, ConversationInfo, ConversationSummary, History, UserView};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Durable state: users, device sessions, conversations, messages and read markers.
+///
+/// Guarantees every implementation gives:
+/// - A write's future resolves `Ok` only after the write is committed.
+/// - Each committed message gets the next sequence number of its conversation (1, 2, 3, …
+///   with no gap) and a sync position greater than every position committed before it.
+/// - Committed events are handed to the [`Bus`] in commit order, after the commit.
+/// - A message with a `(sender, cid)` already stored is not stored again; the original
+///   [`Appended`] comes back with `duplicate: true`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Succeeds when the store is open and accepts writes.
+    async fn ping(&self) -> Result<()>;
+
+    /// Commits what is queued and stops accepting writes (graceful shutdown).
+    async fn close(&self);
+
+    /// Creates a user with a lower-cased, validated username; `UsernameTaken` if it exists.
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserView>;
+    async fn credentials(&self, username: &str) -> Result<Option<Credentials>>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>>;
+    async fn user(&self, id: UserId) -> Result<Option<UserView>>;
+
+    /// Starts a device session with a hashed refresh token.
+    async fn create_session(
+        &self,
+        user: UserId,
+        device_name: &str,
+        refresh_hash: [u8; 32],
+        expires_at_ms: i64,
+    ) -> Result<DeviceId>;
+    /// Replaces a current refresh token by a new one (single use).
+    async fn rotate_refresh(
+        &self,
+        presented: [u8; 32],
+        next: [u8; 32],
+        expires_at_ms: i64,
+    ) -> Result<RefreshOutcome>;
+    async fn revoke_session(&self, device: DeviceId) -> Result<()>;
+    /// Called on every authenticated request and connection: must be cheap.
+    async fn session_revoked(&self, device: DeviceId) -> Result<bool>;
+
+    /// The direct conversation between two distinct users, created on first request.
+    /// Returns the conversation and whether it was created now.
+    async fn open_direct(&self, a: UserId, b: UserId) -> Result<(ConversationInfo, bool)>;
+    /// A group owned by `owner` with the given initial members (limit enforced).
+    async fn create_group(
+        &self,
+        owner: UserId,
+        name: &str,
+        members: &[UserId],
+        member_limit: u32,
+    ) -> Result<ConversationInfo>;
+    async fn change_membership(&self, command: MembershipCommand, member_limit: u32) -> Result<()>;
+    /// The conversation as seen by a current member.
+    async fn conversation(&self, viewer: UserId, conv: ConvId) -> Result<ConversationDetail>;
+    /// The viewer's current conversations with last message and unread count, most
+    /// recently active first.
+    async fn conversations(&self, viewer: UserId) -> Result<Vec<ConversationSummary>>;
+
+    /// Appends a message. The append order of calls made one after another from one task
+    /// is the commit order, so a client's pipelined sends keep their order. Membership is
+    /// checked atomically with the append.
+    fn append_message(&self, message: NewMessage) -> BoxFuture<Result<Appended>>;
+
+    /// History for a current or former member (a former member sees up to when they left).
+    async fn history(&self, viewer: UserId, conv: ConvId, page: Page) -> Result<History>;
+
+    /// Moves the viewer's read marker forward to `seq`; returns the marker after the call.
+    async fn mark_read(&self, viewer: UserId, conv: ConvId, seq: u64) -> Result<u64>;
+
+    /// The events visible to `user` with positions in `(since, head]`, where `head` is the
+    /// newest position committed when the call starts. Pages come in ascending position
+    /// order, each at most about `page` events. A caller that subscribed to the bus before
+    /// this call and then drops live events with `pos <= head` sees every event exactly once.
+    async fn backlog(&self, user: UserId, since: u64, page: u32) -> Result<Backlog>;
+
+    /// The newest committed position.
+    async fn head(&self) -> Result<u64>;
+}
+
+/// A user's missed events, see [`Store::backlog`].
+pub struct Backlog {
+    pub head: u64,
+    pub pages: BoxStream<'static, Result<Vec<Event>>>,
+}
+
+/// Carries committed events to every node's connections.
+///
+/// Guarantee: events published in one order are received by every subscriber in that
+/// order, each once, at least while the subscriber keeps up. The in-process bus never
+/// drops; a subscriber that falls behind a bounded bus must re-read from the store.
+pub trait Bus: Send + Sync + 'static {
+    fn publish(&self, events: Arc<[Event]>);
+    fn subscribe(&self) -> BoxStream<'static, Arc<[Event]>>;
+}
+
+/// Token-bucket rate limits keyed by strings such as `login:ip:127.0.0.1`.
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Takes one token for `key`, or says how long to wait for one.
+    fn check(&self, key: &str, rule: RateRule) -> Result<(), Duration>;
+}
+
+/// `burst` tokens, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateRule {
+    pub burst: u32,
+    pub per_second: f64,
+}

@@ -1,0 +1,76 @@
+//! Token buckets in memory, sharded so that one hot key does not serialize the others.
+
+use parking_lot::Mutex;
+use parlor_core::ports::{RateLimiter, RateRule};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+/// Buckets idle this long are full again and can be forgotten.
+const IDLE_EVICT: Duration = Duration::from_secs(600);
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+pub struct MemoryRateLimiter {
+    hasher: RandomState,
+    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+}
+
+impl Default for MemoryRateLimiter {
+    fn default() -> Self {
+        MemoryRateLimiter {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl MemoryRateLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl RateLimiter for MemoryRateLimiter {
+    fn check(&self, key: &str, rule: RateRule) -> Result<(), Duration> {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let now = Instant::now();
+        let mut map = shard.lock();
+        if map.len() > 100_000 {
+            map.retain(|_, b| now.duration_since(b.at) < IDLE_EVICT);
+        }
+        let burst = f64::from(rule.burst.max(1));
+        let bucket = map.entry(key.to_owned()).or_insert(Bucket { tokens: burst, at: now });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * rule.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - bucket.tokens) / rule.per_second.max(1e-9);
+            Err(Duration::from_secs_f64(wait))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refuse() {
+        let rl = MemoryRateLimiter::new();
+        let rule = RateRule { burst: 3, per_second: 1.0 };
+        assert!(rl.check("k", rule).is_ok());
+        assert!(rl.check("k", rule).is_ok());
+        assert!(rl.check("k", rule).is_ok());
+        let wait = rl.check("k", rule).err().unwrap_or_default();
+        assert!(wait > Duration::from_millis(500));
+        assert!(rl.check("other", rule).is_ok());
+    }
+}

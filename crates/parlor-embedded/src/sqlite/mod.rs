@@ -1,0 +1,306 @@
+//! The embedded store: one SQLite database (`parlor.db`, WAL mode) in the data directory.
+//!
+//! Writes go to one writer thread ([`writer`]) that commits in groups; reads run on a
+//! pool of read-only connections ([`reader`]).
+
+mod codec;
+mod reader;
+mod schema;
+mod writer;
+
+use async_trait::async_trait;
+use futures_util::stream::StreamExt;
+use parking_lot::RwLock;
+use parlor_core::error::{Error, Result};
+use parlor_core::model::*;
+use parlor_core::ports::{Backlog, BoxFuture, Bus, Store};
+use parlor_proto::rest::{ConversationDetail, ConversationInfo, ConversationSummary, History, UserView};
+use parlor_proto::{ErrorCode, Id};
+use reader::{db_err, user_view, BacklogState, ReadPool};
+use rusqlite::{Connection, OptionalExtension};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use writer::{Command, Shared, Writer};
+
+/// How far an acknowledged write has gone when its acknowledgement is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Committed to the write-ahead log (`synchronous=NORMAL`): survives a crash of the
+    /// process (SIGKILL, panic, OOM kill), not a power cut or kernel crash.
+    #[default]
+    Process,
+    /// The write-ahead log is fsynced at every group commit (`synchronous=FULL`):
+    /// survives power loss, at the cost of one fsync per commit.
+    Fsync,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    /// The 10-bit Snowflake machine id of this node.
+    pub machine_id: u16,
+    pub durability: Durability,
+    /// Queued writes beyond this are refused with `unavailable` (back-pressure).
+    pub write_queue: usize,
+}
+
+impl StoreOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StoreOptions {
+            data_dir: data_dir.into(),
+            machine_id: 0,
+            durability: Durability::Process,
+            write_queue: 65_536,
+        }
+    }
+}
+
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+    reads: Arc<ReadPool>,
+    shared: Arc<Shared>,
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+pub const DB_FILE: &str = "parlor.db";
+
+fn open_writer_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Process => "NORMAL",
+        Durability::Fsync => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    schema::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database under `options.data_dir` and starts the
+    /// writer thread. Committed events are published to `bus`.
+    pub fn open(options: StoreOptions, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| anyhow::anyhow!(format!("cannot create data dir {}: {e}", options.data_dir.display())))?;
+        let path = options.data_dir.join(DB_FILE);
+        let conn = open_writer_connection(&path, options.durability)
+            .map_err(|e| anyhow::anyhow!(format!("cannot open {}: {e}", path.display())))?;
+        let revoked: HashSet<u64> = {
+            let mut stmt = conn
+                .prepare("SELECT id FROM sessions WHERE revoked = 1")
+                ?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, i64>(0))
+                ?;
+            rows.filter_map(|r| r.ok()).map(|v| v as u64).collect()
+        };
+        let shared = Arc::new(Shared {
+            head: AtomicU64::new(0),
+            revoked: RwLock::new(revoked),
+        });
+        let writer = Writer::new(conn, options.machine_id, Arc::clone(&shared), bus)
+            .map_err(|e| anyhow::anyhow!(format!("cannot start writer: {e}")))?;
+        let (tx, rx) = mpsc::channel(options.write_queue.max(1));
+        let handle = std::thread::Builder::new()
+            .name("parlor-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| anyhow::anyhow!(format!("cannot spawn writer: {e}")))?;
+        Ok(SqliteStore {
+            commands: tx,
+            reads: Arc::new(ReadPool::new(path)),
+            shared,
+            writer: parking_lot::Mutex::new(Some(handle)),
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::unavailable())?;
+        rx.await.map_err(|_| Error::unavailable())?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        self.call(Command::Ping).await
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.writer.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    async fn create_user(&self, username: &str, password_hash: &str) -> Result<UserView> {
+        let (username, password_hash) = (username.to_owned(), password_hash.to_owned());
+        self.call(|reply| Command::CreateUser {
+            username,
+            password_hash,
+            reply,
+        })
+        .await
+    }
+
+    async fn credentials(&self, username: &str) -> Result<Option<Credentials>> {
+        let username = username.to_owned();
+        self.reads
+            .run(move |conn| {
+                conn.prepare_cached("SELECT id, username, password_hash FROM users WHERE username = ?1")
+                    .and_then(|mut s| {
+                        s.query_row([username], |r| {
+                            Ok(Credentials {
+                                user: Id(r.get::<_, i64>(0)? as u64),
+                                username: r.get(1)?,
+                                password_hash: r.get(2)?,
+                            })
+                        })
+                        .optional()
+                    })
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserView>> {
+        let username = username.to_owned();
+        self.reads
+            .run(move |conn| {
+                conn.prepare_cached("SELECT id, username FROM users WHERE username = ?1")
+                    .and_then(|mut s| s.query_row([username], user_view).optional())
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn user(&self, id: UserId) -> Result<Option<UserView>> {
+        self.reads
+            .run(move |conn| {
+                conn.prepare_cached("SELECT id, username FROM users WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id.0 as i64], user_view).optional())
+                    .map_err(db_err)
+            })
+            .await
+    }
+
+    async fn create_session(&self, user: UserId, device_name: &str, refresh_hash: [u8; 32], expires_at_ms: i64) -> Result<DeviceId> {
+        let device_name = device_name.to_owned();
+        self.call(|reply| Command::CreateSession {
+            user,
+            device_name,
+            refresh_hash,
+            expires_at: expires_at_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn rotate_refresh(&self, presented: [u8; 32], next: [u8; 32], expires_at_ms: i64) -> Result<RefreshOutcome> {
+        self.call(|reply| Command::RotateRefresh {
+            presented,
+            next,
+            expires_at: expires_at_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, device: DeviceId) -> Result<()> {
+        self.call(|reply| Command::RevokeSession { device, reply }).await
+    }
+
+    async fn session_revoked(&self, device: DeviceId) -> Result<bool> {
+        Ok(self.shared.revoked.read().contains(&device.0))
+    }
+
+    async fn open_direct(&self, a: UserId, b: UserId) -> Result<(ConversationInfo, bool)> {
+        self.call(|reply| Command::OpenDirect { a, b, reply }).await
+    }
+
+    async fn create_group(&self, owner: UserId, name: &str, members: &[UserId], member_limit: u32) -> Result<ConversationInfo> {
+        let (name, members) = (name.to_owned(), members.to_vec());
+        self.call(|reply| Command::CreateGroup {
+            owner,
+            name,
+            members,
+            limit: member_limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn change_membership(&self, command: MembershipCommand, member_limit: u32) -> Result<()> {
+        self.call(|reply| Command::Membership {
+            command,
+            limit: member_limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn conversation(&self, viewer: UserId, conv: ConvId) -> Result<ConversationDetail> {
+        self.reads.run(move |conn| reader::conversation(conn, viewer, conv)).await
+    }
+
+    async fn conversations(&self, viewer: UserId) -> Result<Vec<ConversationSummary>> {
+        self.reads.run(move |conn| reader::conversations(conn, viewer)).await
+    }
+
+    fn append_message(&self, message: NewMessage) -> BoxFuture<Result<Appended>> {
+        let (tx, rx) = oneshot::channel();
+        // try_send keeps the call synchronous, which is what preserves the caller's order.
+        if let Err(e) = self.commands.try_send(Command::Append { message, reply: tx }) {
+            let error = match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    Error::new(ErrorCode::Unavailable, "server busy, retry later")
+                }
+                mpsc::error::TrySendError::Closed(_) => Error::unavailable(),
+            };
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        Box::pin(async move { rx.await.map_err(|_| Error::unavailable())? })
+    }
+
+    async fn history(&self, viewer: UserId, conv: ConvId, page: Page) -> Result<History> {
+        self.reads.run(move |conn| reader::history(conn, viewer, conv, page)).await
+    }
+
+    async fn mark_read(&self, viewer: UserId, conv: ConvId, seq: u64) -> Result<u64> {
+        self.call(|reply| Command::MarkRead {
+            user: viewer,
+            conv,
+            seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn backlog(&self, user: UserId, since: u64, page: u32) -> Result<Backlog> {
+        let head = self.shared.head.load(Ordering::Acquire);
+        let state = BacklogState::start(Arc::clone(&self.reads), user, since, head, page).await?;
+        let pages = futures_util::stream::unfold(state, |mut state| async move {
+            state.next_page().await.map(|page| (page, state))
+        })
+        .boxed();
+        Ok(Backlog { head, pages })
+    }
+
+    async fn head(&self) -> Result<u64> {
+        Ok(self.shared.head.load(Ordering::Acquire))
+    }
+}

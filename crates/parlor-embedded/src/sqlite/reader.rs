@@ -1,0 +1,478 @@
+//! Reads, on a small pool of read-only connections, each used on a blocking thread.
+//! WAL mode lets them run while the writer commits.
+
+use super::codec::{change_from_code, role_from_code};
+use parking_lot::Mutex;
+use parlor_core::error::{Error, Result};
+use parlor_core::model::*;
+use parlor_proto::rest::{
+    ConversationDetail, ConversationInfo, ConversationKind, ConversationSummary, History, MemberView,
+    MessageView, UserView,
+};
+use parlor_proto::ws::{MemberEvent, MessageEvent, ReadEvent, ServerFrame};
+use parlor_proto::Id;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct ReadPool {
+    path: PathBuf,
+    /// Idle connections; a std mutex because it is only held to push or pop.
+    idle: Mutex<Vec<Connection>>,
+}
+
+pub fn db_err(e: rusqlite::Error) -> Error {
+    tracing::error!(error = %e, "store read failed");
+    Error::unavailable()
+}
+
+impl ReadPool {
+    pub fn new(path: PathBuf) -> Self {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "cache_size", -16_384)?;
+        Ok(conn)
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread.
+    pub async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().pop() {
+                Some(conn) => conn,
+                None => pool.open().map_err(db_err)?,
+            };
+            let result = f(&conn);
+            let mut idle = pool.idle.lock();
+            if idle.len() < 16 {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "store read task failed");
+            Error::internal()
+        })?
+    }
+}
+
+fn id(row: &Row<'_>, index: usize) -> rusqlite::Result<Id> {
+    Ok(Id(row.get::<_, i64>(index)? as u64))
+}
+
+pub fn user_view(row: &Row<'_>) -> rusqlite::Result<UserView> {
+    Ok(UserView {
+        id: id(row, 0)?,
+        username: row.get(1)?,
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "conv_id, seq, id, sender, body, created_at, cid, pos";
+
+fn message_view(row: &Row<'_>) -> rusqlite::Result<MessageView> {
+    Ok(MessageView {
+        conv: id(row, 0)?,
+        seq: row.get::<_, i64>(1)? as u64,
+        id: id(row, 2)?,
+        sender: id(row, 3)?,
+        text: row.get(4)?,
+        ts: row.get(5)?,
+        cid: row.get(6)?,
+    })
+}
+
+fn conversation_info(conn: &Connection, conv: ConvId) -> Result<Option<ConversationInfo>> {
+    conn.prepare_cached("SELECT kind, name, created_at FROM conversations WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([conv.0 as i64], |r| {
+                Ok(ConversationInfo {
+                    id: conv,
+                    kind: if r.get::<_, i64>(0)? == 0 {
+                        ConversationKind::Direct
+                    } else {
+                        ConversationKind::Group
+                    },
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(db_err)
+}
+
+pub fn conversation(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<ConversationDetail> {
+    let info = conversation_info(conn, conv)?.ok_or_else(|| Error::not_found("conversation not found"))?;
+    let mut members = Vec::new();
+    let mut is_member = false;
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT m.user_id, u.username, m.role FROM members m JOIN users u ON u.id = m.user_id
+                 WHERE m.conv_id = ?1 AND m.left_pos IS NULL ORDER BY m.role, m.joined_pos",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([conv.0 as i64], |r| {
+                Ok(MemberView {
+                    user: user_view(r)?,
+                    role: role_from_code(r.get(2)?),
+                })
+            })
+            .map_err(db_err)?;
+        for row in rows {
+            let member = row.map_err(db_err)?;
+            is_member |= member.user.id == viewer;
+            members.push(member);
+        }
+    }
+    if !is_member {
+        return Err(Error::not_member());
+    }
+    let last_seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conv_id = ?1")
+        .and_then(|mut s| s.query_row([conv.0 as i64], |r| r.get(0)))
+        .map_err(db_err)?;
+    Ok(ConversationDetail {
+        info,
+        members,
+        last_seq: last_seq as u64,
+    })
+}
+
+pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<ConversationSummary>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT c.id, c.kind, c.name, c.created_at, c.member_count, m.read_seq,
+                    (SELECT MAX(seq) FROM messages WHERE conv_id = c.id)
+             FROM members m JOIN conversations c ON c.id = m.conv_id
+             WHERE m.user_id = ?1 AND m.left_pos IS NULL",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([viewer.0 as i64], |r| {
+            Ok((
+                ConversationInfo {
+                    id: id(r, 0)?,
+                    kind: if r.get::<_, i64>(1)? == 0 {
+                        ConversationKind::Direct
+                    } else {
+                        ConversationKind::Group
+                    },
+                    name: r.get(2)?,
+                    created_at: r.get(3)?,
+                },
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
+        })
+        .map_err(db_err)?;
+    let mut last_stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND seq = ?2"
+        ))
+        .map_err(db_err)?;
+    let mut peer_stmt = conn
+        .prepare_cached(
+            "SELECT u.id, u.username FROM members m JOIN users u ON u.id = m.user_id
+             WHERE m.conv_id = ?1 AND m.user_id != ?2 LIMIT 1",
+        )
+        .map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (info, member_count, read_seq, last_seq) = row.map_err(db_err)?;
+        let last_seq = last_seq.unwrap_or(0) as u64;
+        let read_seq = (read_seq as u64).min(last_seq);
+        let last_message = if last_seq > 0 {
+            last_stmt
+                .query_row(params![info.id.0 as i64, last_seq as i64], message_view)
+                .optional()
+                .map_err(db_err)?
+        } else {
+            None
+        };
+        let peer = if info.kind == ConversationKind::Direct {
+            peer_stmt
+                .query_row(params![info.id.0 as i64, viewer.0 as i64], user_view)
+                .optional()
+                .map_err(db_err)?
+        } else {
+            None
+        };
+        out.push(ConversationSummary {
+            info,
+            peer,
+            member_count: member_count as u32,
+            last_message,
+            last_seq,
+            read_seq,
+            unread: last_seq - read_seq,
+        });
+    }
+    let activity = |c: &ConversationSummary| c.last_message.as_ref().map_or(c.info.created_at, |m| m.ts);
+    out.sort_by(|a, b| activity(b).cmp(&activity(a)).then(b.info.id.cmp(&a.info.id)));
+    Ok(out)
+}
+
+pub fn history(conn: &Connection, viewer: UserId, conv: ConvId, page: Page) -> Result<History> {
+    let membership: Option<Option<i64>> = conn
+        .prepare_cached("SELECT left_seq FROM members WHERE conv_id = ?1 AND user_id = ?2")
+        .and_then(|mut s| s.query_row(params![conv.0 as i64, viewer.0 as i64], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    let Some(left_seq) = membership else {
+        return Err(match conversation_info(conn, conv)? {
+            Some(_) => Error::not_member(),
+            None => Error::not_found("conversation not found"),
+        });
+    };
+    let bound = left_seq.unwrap_or(i64::MAX);
+    let (sql, anchor, limit, descending) = match page {
+        Page::Latest { limit } => ("seq <= ?2 ORDER BY seq DESC", i64::MAX, limit, true),
+        Page::Before { before, limit } => ("seq < ?4 AND seq <= ?2 ORDER BY seq DESC", clamp(before), limit, true),
+        Page::After { after, limit } => ("seq > ?4 AND seq <= ?2 ORDER BY seq ASC", clamp(after), limit, false),
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND {sql} LIMIT ?3"
+        ))
+        .map_err(db_err)?;
+    let fetch = i64::from(limit) + 1;
+    let rows = if sql.contains("?4") {
+        stmt.query_map(params![conv.0 as i64, bound, fetch, anchor], message_view)
+    } else {
+        stmt.query_map(params![conv.0 as i64, bound, fetch], message_view)
+    }
+    .map_err(db_err)?;
+    let mut messages = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?;
+    let has_more = messages.len() > limit as usize;
+    messages.truncate(limit as usize);
+    if descending {
+        messages.reverse();
+    }
+    Ok(History { messages, has_more })
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// One conversation's messages still to send during a backlog, read in chunks.
+struct Cursor {
+    conv: i64,
+    after: u64,
+    upper: u64,
+    buffered: VecDeque<Event>,
+    exhausted: bool,
+}
+
+/// The k-way merge behind [`parlor_core::ports::Store::backlog`]: per-conversation cursors
+/// read their conversation's messages in position order, and a page only releases events
+/// up to the smallest position some unexhausted cursor has reached, so the output is in
+/// global position order and each row is read once.
+pub struct BacklogState {
+    pool: Arc<ReadPool>,
+    cursors: Vec<Cursor>,
+    /// Membership and read-marker events, all loaded up front (there are few).
+    other: VecDeque<Event>,
+    chunk: u32,
+    page: usize,
+}
+
+impl BacklogState {
+    pub async fn start(pool: Arc<ReadPool>, user: UserId, since: u64, head: u64, page: u32) -> Result<Self> {
+        let (cursors, other) = pool
+            .run(move |conn| load_backlog_sources(conn, user, since, head))
+            .await?;
+        let chunk = (page / (cursors.len().max(1) as u32)).clamp(64, page.max(64));
+        Ok(BacklogState {
+            pool,
+            cursors,
+            other,
+            chunk,
+            page: page.max(1) as usize,
+        })
+    }
+
+    pub async fn next_page(&mut self) -> Option<Result<Vec<Event>>> {
+        let wanted: Vec<(usize, i64, u64, u64)> = self
+            .cursors
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.buffered.is_empty() && !c.exhausted)
+            .map(|(i, c)| (i, c.conv, c.after, c.upper))
+            .collect();
+        if !wanted.is_empty() {
+            let chunk = self.chunk;
+            let fetched = self.pool.run(move |conn| fetch_chunks(conn, &wanted, chunk)).await;
+            let fetched = match fetched {
+                Ok(f) => f,
+                Err(e) => return Some(Err(e)),
+            };
+            for (index, events) in fetched {
+                let cursor = &mut self.cursors[index];
+                cursor.exhausted = events.len() < chunk as usize;
+                if let Some(last) = events.last() {
+                    cursor.after = last.pos;
+                }
+                cursor.buffered.extend(events);
+            }
+        }
+        let checkpoint = self
+            .cursors
+            .iter()
+            .filter(|c| !c.exhausted)
+            .filter_map(|c| c.buffered.back().map(|e| e.pos))
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        while out.len() < self.page {
+            let mut best: Option<(u64, Option<usize>)> = self.other.front().map(|e| (e.pos, None));
+            for (i, c) in self.cursors.iter().enumerate() {
+                if let Some(front) = c.buffered.front() {
+                    if best.is_none_or(|(pos, _)| front.pos < pos) {
+                        best = Some((front.pos, Some(i)));
+                    }
+                }
+            }
+            let Some((pos, source)) = best else { break };
+            if pos > checkpoint {
+                break;
+            }
+            let event = match source {
+                None => self.other.pop_front(),
+                Some(i) => self.cursors[i].buffered.pop_front(),
+            };
+            out.extend(event);
+        }
+        let finished = self.other.is_empty() && self.cursors.iter().all(|c| c.exhausted && c.buffered.is_empty());
+        if out.is_empty() && finished {
+            None
+        } else {
+            Some(Ok(out))
+        }
+    }
+}
+
+fn load_backlog_sources(conn: &Connection, user: UserId, since: u64, head: u64) -> Result<(Vec<Cursor>, VecDeque<Event>)> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT conv_id, joined_pos, left_pos, read_pos, read_seq FROM members
+             WHERE user_id = ?1 AND joined_pos <= ?2 AND (left_pos IS NULL OR left_pos > ?3)",
+        )
+        .map_err(db_err)?;
+    let memberships = stmt
+        .query_map(params![user.0 as i64, head as i64, since as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, Option<i64>>(2)?.map(|p| p as u64),
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, i64>(4)? as u64,
+            ))
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    let mut cursors = Vec::with_capacity(memberships.len());
+    let mut other = Vec::new();
+    let mut member_stmt = conn
+        .prepare_cached(
+            "SELECT pos, user_id, change, actor, role, created_at FROM member_events
+             WHERE conv_id = ?1 AND pos > ?2 AND pos <= ?3 ORDER BY pos",
+        )
+        .map_err(db_err)?;
+    for (conv, joined_pos, left_pos, read_pos, read_seq) in memberships {
+        let upper = left_pos.unwrap_or(u64::MAX).min(head);
+        // Events from before this membership began are history, not backlog.
+        let lower = since.max(joined_pos.saturating_sub(1));
+        let Some(info) = conversation_info(conn, Id(conv as u64))? else {
+            continue;
+        };
+        let rows = member_stmt
+            .query_map(params![conv, lower as i64, upper as i64], |r| {
+                Ok(MemberEvent {
+                    pos: id(r, 0)?,
+                    conv: info.id,
+                    user: id(r, 1)?,
+                    change: change_from_code(r.get(2)?),
+                    by: id(r, 3)?,
+                    role: r.get::<_, Option<i64>>(4)?.map(role_from_code),
+                    ts: r.get(5)?,
+                    conversation: info.clone(),
+                })
+            })
+            .map_err(db_err)?;
+        for row in rows {
+            let event = row.map_err(db_err)?;
+            other.push(Event {
+                pos: event.pos.0,
+                recipients: Arc::from(Vec::new()),
+                frame: ServerFrame::Member(event),
+            });
+        }
+        if left_pos.is_none() && read_pos > since && read_pos <= head {
+            other.push(Event {
+                pos: read_pos,
+                recipients: Arc::from(Vec::new()),
+                frame: ServerFrame::Read(ReadEvent {
+                    pos: Id(read_pos),
+                    conv: info.id,
+                    user,
+                    seq: read_seq,
+                }),
+            });
+        }
+        cursors.push(Cursor {
+            conv,
+            after: since.max(joined_pos),
+            upper,
+            buffered: VecDeque::new(),
+            exhausted: false,
+        });
+    }
+    other.sort_by_key(|e| e.pos);
+    Ok((cursors, other.into()))
+}
+
+fn fetch_chunks(conn: &Connection, wanted: &[(usize, i64, u64, u64)], chunk: u32) -> Result<Vec<(usize, Vec<Event>)>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_by_pos
+             WHERE conv_id = ?1 AND pos > ?2 AND pos <= ?3 ORDER BY pos LIMIT ?4"
+        ))
+        .map_err(db_err)?;
+    let mut out = Vec::with_capacity(wanted.len());
+    for &(index, conv, after, upper) in wanted {
+        let rows = stmt
+            .query_map(params![conv, clamp(after), clamp(upper), i64::from(chunk)], |r| {
+                let pos = r.get::<_, i64>(7)? as u64;
+                Ok(Event {
+                    pos,
+                    recipients: Arc::from(Vec::new()),
+                    frame: ServerFrame::Message(MessageEvent {
+                        pos: Id(pos),
+                        message: message_view(r)?,
+                    }),
+                })
+            })
+            .map_err(db_err)?;
+        out.push((index, rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?));
+    }
+    Ok(out)
+}

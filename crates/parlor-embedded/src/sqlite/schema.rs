@@ -1,0 +1,83 @@
+//! Versioned schema migrations, applied in order at open. `PRAGMA user_version` records
+//! the last applied one; a migration is never edited after release, only appended.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, sessions, conversations, members, messages, membership events.
+    r#"
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        device_name TEXT NOT NULL,
+        refresh_hash BLOB NOT NULL UNIQUE,
+        previous_hash BLOB,
+        expires_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sessions_previous ON sessions(previous_hash);
+    CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        kind INTEGER NOT NULL,           -- 0 direct, 1 group
+        name TEXT,
+        direct_key TEXT UNIQUE,          -- 'lo:hi' user ids for direct conversations
+        member_count INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        conv_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        role INTEGER NOT NULL,           -- 0 owner, 1 admin, 2 member
+        joined_pos INTEGER NOT NULL,
+        left_pos INTEGER,                -- set while the user is not a member any more
+        left_seq INTEGER,                -- last message they may read after leaving
+        read_seq INTEGER NOT NULL DEFAULT 0,
+        read_pos INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (conv_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX members_by_user ON members(user_id);
+    -- Clustered by conversation and sequence: history pages are contiguous reads.
+    CREATE TABLE messages (
+        conv_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        id INTEGER NOT NULL,
+        pos INTEGER NOT NULL,
+        sender INTEGER NOT NULL,
+        cid TEXT,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (conv_id, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX messages_client_id ON messages(sender, cid);
+    CREATE INDEX messages_by_pos ON messages(conv_id, pos);
+    CREATE TABLE member_events (
+        pos INTEGER PRIMARY KEY,
+        conv_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        change INTEGER NOT NULL,         -- 0 added, 1 removed, 2 left, 3 role
+        actor INTEGER NOT NULL,
+        role INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX member_events_by_conv ON member_events(conv_id, pos);
+    "#,
+];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! WebSocket frames. Every frame is one JSON object in a text frame, tagged by `"type"`.
+//!
+//! A connection starts with the client's [`ClientFrame::Hello`]. The server answers with the
+//! events missed since `since` (the same frames as live events, in position order), then
+//! [`ServerFrame::Synced`], then live events as they happen.
+
+use crate::error::ErrorCode;
+use crate::ids::Id;
+use crate::rest::{ConversationInfo, MessageView};
+use serde::{Deserialize, Serialize};
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Must be the first frame. `token` may be omitted when the upgrade request carried
+    /// `Authorization: Bearer <token>`. `since` is the sync position the client last saw
+    /// (the `pos` of its newest event); omit it for "only live events from now on".
+    Hello {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<Id>,
+    },
+    /// Send a text message. `cid` is the client message id: a retry with the same `cid`
+    /// returns the original acknowledgement and never creates a second message.
+    Send { cid: String, conv: Id, text: String },
+    /// Mark a conversation read up to `seq` (never moves backwards).
+    Read { conv: Id, seq: u64 },
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// A message committed in a conversation the user belongs to (live or from sync).
+    Message(MessageEvent),
+    /// A membership change in a conversation the user belongs to or just left.
+    Member(MemberEvent),
+    /// The user's read marker moved (from any of their devices).
+    Read(ReadEvent),
+    /// Everything missed since `hello.since` has been sent; live events follow.
+    /// `pos` is the position to present next time if no newer event arrives.
+    Synced { pos: Id },
+    /// A send was committed. Sent only after the message is durably stored.
+    Ack(Ack),
+    /// A request failed. `cid` names the send it answers, when there is one.
+    Error(ErrorFrame),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEvent {
+    pub pos: Id,
+    #[serde(flatten)]
+    pub message: MessageView,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberChange {
+    /// Joined at creation or added by an owner or admin.
+    Added,
+    /// Removed by an owner or admin.
+    Removed,
+    /// Left by themselves.
+    Left,
+    /// Role changed (see `role`).
+    Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEvent {
+    pub pos: Id,
+    pub conv: Id,
+    pub user: Id,
+    pub change: MemberChange,
+    /// Who made the change.
+    pub by: Id,
+    pub ts: i64,
+    /// The member's role after the change (absent when they are no longer a member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::rest::Role>,
+    /// The conversation, so that a client that was just added can show it at once.
+    pub conversation: ConversationInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadEvent {
+    pub pos: Id,
+    pub conv: Id,
+    pub user: Id,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub cid: String,
+    pub conv: Id,
+    pub id: Id,
+    pub seq: u64,
+    pub pos: Id,
+    /// Milliseconds since the Unix epoch, server clock.
+    pub ts: i64,
+    /// True when this acknowledges a retry of an already stored message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_round_trip() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"send","cid":"a1","conv":"7","text":"hi"}"#)
+                .unwrap_or(ClientFrame::Read { conv: Id(0), seq: 0 });
+        assert_eq!(
+            f,
+            ClientFrame::Send {
+                cid: "a1".into(),
+                conv: Id(7),
+                text: "hi".into()
+            }
+        );
+        let hello: ClientFrame = serde_json::from_str(r#"{"type":"hello"}"#)
+            .unwrap_or(ClientFrame::Read { conv: Id(0), seq: 0 });
+        assert_eq!(
+            hello,
+            ClientFrame::Hello {
+                token: None,
+                since: None
+            }
+        );
+    }
+}

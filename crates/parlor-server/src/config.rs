@@ -1,0 +1,291 @@
+//! Configuration: built-in defaults, then a TOML file, then `PARLOR_*` environment
+//! variables, then command-line flags (each overriding the one before).
+//!
+//! Environment variables map onto the TOML keys: `PARLOR_LISTEN` sets `listen`, and a
+//! double underscore descends into a table, so `PARLOR_WS__PING_INTERVAL_SECS=5` sets
+//! `ws.ping_interval_secs`. Values parse as TOML scalars (numbers, booleans) or strings.
+//! Every key and its default is listed in `docs/configuration.md`.
+
+use parlor_core::ports::RateRule;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on for HTTP(S) and WebSocket.
+    pub listen: SocketAddr,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// Snowflake machine id of this node (0-1023).
+    pub machine_id: u16,
+    /// `process` (acknowledged = in the WAL, survives a process crash) or `fsync`
+    /// (acknowledged = fsynced, survives power loss).
+    pub durability: String,
+    /// PEM certificate chain and private key; both set means HTTPS and WSS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub ws: WsConfig,
+    pub rate: RateConfig,
+    /// `text` or `json` logs on stderr.
+    pub log_format: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of access tokens (JWT, HS256).
+    pub access_ttl_secs: u64,
+    /// Lifetime of refresh tokens; each refresh starts a new period.
+    pub refresh_ttl_secs: u64,
+    /// HMAC key for access tokens. When absent, a random key is created once in
+    /// `<data_dir>/jwt.key` (mode 0600) and reused across restarts.
+    pub jwt_secret: Option<String>,
+    /// Argon2id cost: memory in KiB, iterations, lanes (OWASP's minimum by default).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_lanes: u32,
+    /// Password hashes computed at the same time; more wait their turn.
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_text_bytes: usize,
+    pub member_limit: u32,
+    pub history_max_page: u32,
+    pub sync_page: u32,
+    /// Largest WebSocket message accepted; bigger ones close the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Largest REST request body.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    pub ping_interval_secs: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout_secs: u64,
+    pub hello_timeout_secs: u64,
+    /// Events queued for one connection before it falls back to reading the store.
+    pub outbox: usize,
+    /// Sends of one connection waiting for their commit at the same time.
+    pub max_inflight: usize,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub burst: u32,
+    pub per_second: f64,
+}
+
+impl From<Rule> for RateRule {
+    fn from(r: Rule) -> Self {
+        RateRule {
+            burst: r.burst,
+            per_second: r.per_second,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    pub login_per_ip: Rule,
+    pub login_per_user: Rule,
+    pub register_per_ip: Rule,
+    pub connect_per_ip: Rule,
+    pub connect_per_user: Rule,
+    /// Frames of one WebSocket connection (sends, reads, anything).
+    pub frames_per_connection: Rule,
+    pub rest_per_user: Rule,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./parlor-data"),
+            machine_id: 0,
+            durability: "process".into(),
+            tls_cert: None,
+            tls_key: None,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            ws: WsConfig::default(),
+            rate: RateConfig::default(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            jwt_secret: None,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_lanes: 1,
+            max_concurrent_hashes: 2,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_text_bytes: 16 * 1024,
+            member_limit: 1000,
+            history_max_page: 200,
+            sync_page: 1000,
+            max_frame_bytes: 128 * 1024,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            ping_interval_secs: 20,
+            idle_timeout_secs: 50,
+            hello_timeout_secs: 10,
+            outbox: 1024,
+            max_inflight: 64,
+        }
+    }
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        let rule = |burst, per_second| Rule { burst, per_second };
+        RateConfig {
+            login_per_ip: rule(20, 2.0),
+            login_per_user: rule(10, 0.5),
+            register_per_ip: rule(10, 0.5),
+            connect_per_ip: rule(2000, 1000.0),
+            connect_per_user: rule(30, 5.0),
+            frames_per_connection: rule(200, 100.0),
+            rest_per_user: rule(100, 50.0),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (if any) and applies `vars` (normally `std::env::vars()`).
+    pub fn load(file: Option<&std::path::Path>, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<Config> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in vars {
+            let Some(rest) = key.strip_prefix("PARLOR_") else { continue };
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            set_path(&mut table, &path, scalar(&value));
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.machine_id <= parlor_core::snowflake::MAX_MACHINE_ID,
+            "machine_id must be 0-1023"
+        );
+        anyhow::ensure!(
+            matches!(self.durability.as_str(), "process" | "fsync"),
+            "durability must be \"process\" or \"fsync\""
+        );
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls_cert and tls_key go together"
+        );
+        anyhow::ensure!(self.limits.max_text_bytes > 0, "limits.max_text_bytes must be positive");
+        anyhow::ensure!(self.ws.outbox >= 8, "ws.outbox must be at least 8");
+        anyhow::ensure!(self.ws.ping_interval_secs > 0, "ws.ping_interval_secs must be positive");
+        Ok(())
+    }
+
+    pub fn limits(&self) -> parlor_core::model::Limits {
+        parlor_core::model::Limits {
+            max_text_bytes: self.limits.max_text_bytes,
+            member_limit: self.limits.member_limit,
+            history_max_page: self.limits.history_max_page,
+            sync_page: self.limits.sync_page,
+        }
+    }
+}
+
+/// Skips env vars that are not config keys (e.g. `PARLOR_TEST_*` of test harnesses) only
+/// if they fail to deserialize; unknown keys are reported, so typos do not pass silently.
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+fn scalar(raw: &str) -> toml::Value {
+    if let Ok(v) = raw.parse::<i64>() {
+        return toml::Value::Integer(v);
+    }
+    if let Ok(v) = raw.parse::<f64>() {
+        return toml::Value::Float(v);
+    }
+    if let Ok(v) = raw.parse::<bool>() {
+        return toml::Value::Boolean(v);
+    }
+    toml::Value::String(raw.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let vars = vec![
+            ("PARLOR_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            ("PARLOR_WS__PING_INTERVAL_SECS".to_string(), "5".to_string()),
+            ("PARLOR_RATE__LOGIN_PER_IP__BURST".to_string(), "3".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let config = Config::load(None, vars.into_iter()).unwrap_or_default();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.ws.ping_interval_secs, 5);
+        assert_eq!(config.rate.login_per_ip.burst, 3);
+        assert_eq!(config.limits.member_limit, 1000);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let vars = vec![("PARLOR_LISTNE".to_string(), "x".to_string())];
+        assert!(Config::load(None, vars.into_iter()).is_err());
+    }
+}

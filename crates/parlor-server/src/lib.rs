@@ -1,0 +1,137 @@
+//! Parlor's server: HTTP and WebSocket transport, authentication, rate limits, TLS and
+//! metrics around the domain core.
+//!
+//! # Layout
+//! - [`config`]: configuration (defaults, TOML file, `PARLOR_*` variables).
+//! - [`auth`]: password hashing, access and refresh tokens.
+//! - [`http`]: REST endpoints and the error body every one of them returns.
+//! - `ws`: the WebSocket endpoint and the per-connection task.
+//! - [`hub`]: this node's connections and the dispatcher from the bus to them.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`tls`]: rustls listener.
+//! - [`state`]: what handlers share.
+//!
+//! Architecture invariant: only this crate knows HTTP and WebSocket; the core never sees a
+//! socket, and this crate reaches storage only through the core's ports.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod state;
+pub mod tls;
+mod ws;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::state::{AppState, Inner};
+use parlor_core::ports::{Bus, RateLimiter, Store};
+use parlor_core::Chat;
+use parlor_embedded::{Durability, InProcessBus, MemoryRateLimiter, SqliteStore, StoreOptions};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How long shutdown waits for WebSocket connections to finish their close handshake.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the server until `shutdown` completes, then shuts down gracefully: stops
+/// accepting, closes WebSockets with 1001, and flushes the store.
+/// `on_listening` receives the bound base URL (e.g. `http://127.0.0.1:8080`).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(&str),
+) -> anyhow::Result<()> {
+    // Both ring and aws-lc-rs may be linked through dependencies; pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let durability = match config.durability.as_str() {
+        "fsync" => Durability::Fsync,
+        _ => Durability::Process,
+    };
+    let store = Arc::new(SqliteStore::open(
+        StoreOptions {
+            machine_id: config.machine_id,
+            durability,
+            ..StoreOptions::new(&config.data_dir)
+        },
+        Arc::clone(&bus),
+    )?);
+    let secret = auth::load_or_create_secret(&config.auth, &config.data_dir)?;
+    let auth = auth::Auth::new(&config.auth, &secret)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let hub = Arc::new(Hub::new(config.ws.outbox));
+    let dispatcher = tokio::spawn(hub::dispatch(Arc::clone(&bus), Arc::clone(&hub), Arc::clone(&metrics)));
+    let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let store_port: Arc<dyn Store> = store.clone();
+    let state = AppState {
+        inner: Arc::new(Inner {
+            chat: Chat::new(store_port, config.limits()),
+            auth,
+            hub,
+            limiter,
+            metrics,
+            shutdown: stop_rx.clone(),
+            live_connections: AtomicUsize::new(0),
+            connections_closed: Notify::new(),
+            config: config.clone(),
+        }),
+    };
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<tls::ClientAddr>();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let local = listener.local_addr()?;
+
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stopped = stop_rx.clone();
+    let graceful = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down");
+    };
+
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let listener = tls::TlsListener::new(listener, tls::acceptor(cert, key)?)?;
+            let url = format!("https://{local}");
+            tracing::info!(%url, data_dir = %config.data_dir.display(), "parlor listening");
+            on_listening(&url);
+            axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+        }
+        _ => {
+            let listener = tls::PlainListener(listener);
+            let url = format!("http://{local}");
+            tracing::info!(%url, data_dir = %config.data_dir.display(), "parlor listening");
+            on_listening(&url);
+            axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+        }
+    }
+
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while state.live_connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        let notified = state.connections_closed.notified();
+        let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+    }
+    store.close().await;
+    dispatcher.abort();
+    tracing::info!("stopped");
+    Ok(())
+}

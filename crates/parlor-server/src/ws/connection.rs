@@ -1,0 +1,339 @@
+//! One WebSocket connection, one task.
+//!
+//! 1. The first frame must be `hello` (token unless the upgrade carried one, and the sync
+//!    position `since`).
+//! 2. The connection registers with the hub *before* reading the backlog, then sends the
+//!    backlog up to the store's head, then `synced`; live events at or below that head are
+//!    skipped, so nothing is lost or doubled at the seam.
+//! 3. Then one loop serves incoming frames, commit acknowledgements, live events, pings
+//!    and shutdown. Sends are pipelined: up to `ws.max_inflight` wait for their commit
+//!    while the connection keeps reading.
+
+use super::bucket::Bucket;
+use crate::auth::Principal;
+use crate::hub::{Outgoing, Registration};
+use crate::state::AppState;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use parlor_core::error::Error;
+use parlor_core::model::Appended;
+use parlor_core::ports::BoxFuture;
+use parlor_core::Id;
+use parlor_proto::close;
+use parlor_proto::ws::{Ack, ClientFrame, ErrorFrame, ServerFrame};
+use parlor_proto::ErrorCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Consecutive rate-limited frames after which a flooding client is disconnected.
+const FLOOD_CLOSE_AFTER: u32 = 100;
+
+/// Why the loop ended; decides the close frame.
+enum End {
+    ClientGone,
+    Close(u16, String),
+}
+
+/// A pipelined request's outcome, written when it completes.
+enum Done {
+    Sent { cid: String, started: Instant, result: Result<Appended, Error> },
+    Failed { cid: Option<String>, error: Error },
+    Nothing,
+}
+
+pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Principal>) {
+    let hello_timeout = Duration::from_secs(state.config.ws.hello_timeout_secs);
+    let (token, since) = match tokio::time::timeout(hello_timeout, socket.recv()).await {
+        Err(_) => return close(socket, close::HELLO_TIMEOUT, "hello_timeout: no hello frame in time").await,
+        Ok(None) | Ok(Some(Err(_))) => return,
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(ClientFrame::Hello { token, since }) => (token, since),
+            _ => return close(socket, close::PROTOCOL, "malformed_frame: the first frame must be hello").await,
+        },
+        Ok(Some(Ok(_))) => return close(socket, close::PROTOCOL, "malformed_frame: the first frame must be hello").await,
+    };
+    let principal = match (pre_auth, token) {
+        (Some(p), _) => p,
+        (None, Some(token)) => match state.authenticate(&token).await {
+            Ok(p) => p,
+            Err(e) => {
+                state.metrics.error(e.code);
+                return close(socket, close::UNAUTHORIZED, &format!("{}: {}", e.code, e.message)).await;
+            }
+        },
+        (None, None) => return close(socket, close::UNAUTHORIZED, "unauthorized: missing token").await,
+    };
+    if let Err(e) = state.rate(
+        &format!("connect:user:{}", principal.user),
+        state.config.rate.connect_per_user.into(),
+    ) {
+        state.metrics.error(e.code);
+        return close(socket, close::RATE_LIMITED, "rate_limited: too many connections").await;
+    }
+
+    state.live_connections.fetch_add(1, Ordering::AcqRel);
+    state.metrics.connections_open.inc();
+    state.metrics.connections_total.inc();
+    let registration = state.hub.register(principal.user);
+    let id = registration.id;
+    let mut connection = Connection {
+        frames: Bucket::new(state.config.rate.frames_per_connection),
+        state: state.clone(),
+        socket,
+        principal,
+        registration,
+        last_sent: 0,
+        inflight: FuturesUnordered::new(),
+        flood: 0,
+    };
+    let end = connection.serve(since).await;
+    state.hub.unregister(principal.user, id);
+    state.metrics.connections_open.dec();
+    match end {
+        End::ClientGone => {}
+        End::Close(code, reason) => close(connection.socket, code, &reason).await,
+    }
+    tracing::debug!(user = %principal.user, device = %principal.device, "connection closed");
+    state.connection_closed();
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+}
+
+struct Connection {
+    state: AppState,
+    socket: WebSocket,
+    principal: Principal,
+    registration: Registration,
+    /// Highest position written to this client; live events at or below it are skipped.
+    last_sent: u64,
+    inflight: FuturesUnordered<BoxFuture<Done>>,
+    frames: Bucket,
+    flood: u32,
+}
+
+type Step = Result<(), End>;
+
+fn gone<T>(_: T) -> End {
+    End::ClientGone
+}
+
+impl Connection {
+    async fn serve(&mut self, since: Option<Id>) -> End {
+        let head = match since {
+            Some(since) => match self.catch_up(since.0).await {
+                Ok(head) => head,
+                Err(end) => return end,
+            },
+            None => match self.state.chat.store().head().await {
+                Ok(head) => head,
+                Err(e) => return End::Close(1011, format!("{}: {}", e.code, e.message)),
+            },
+        };
+        self.last_sent = head;
+        if let Err(end) = self.write(&ServerFrame::Synced { pos: Id(head) }).await {
+            return end;
+        }
+        let config = &self.state.config.ws;
+        let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
+        let max_inflight = config.max_inflight;
+        let mut ping = tokio::time::interval(Duration::from_secs(config.ping_interval_secs));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut shutdown = self.state.shutdown.clone();
+        let mut last_heard = Instant::now();
+        loop {
+            let step = tokio::select! {
+                _ = shutdown.changed() => Err(End::Close(1001, "server shutting down".into())),
+                incoming = self.socket.recv(), if self.inflight.len() < max_inflight => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        None => Err(End::ClientGone),
+                        Some(Err(e)) => Err(protocol_error(&e.to_string())),
+                        Some(Ok(message)) => self.on_message(message).await,
+                    }
+                }
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.on_done(done).await,
+                outgoing = self.registration.rx.recv() => match outgoing {
+                    Some(outgoing) => self.forward(outgoing).await,
+                    None => Err(End::Close(1011, "internal: hub closed".into())),
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle_timeout {
+                        Err(End::Close(1001, "idle_timeout: no traffic from client".into()))
+                    } else {
+                        self.socket.send(Message::Ping(Default::default())).await.map_err(gone)
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Sends everything after `since` up to the store's head; returns the head.
+    async fn catch_up(&mut self, since: u64) -> Result<u64, End> {
+        let backlog = self
+            .state
+            .chat
+            .backlog(self.principal.user, since)
+            .await
+            .map_err(|e| End::Close(1011, format!("{}: {}", e.code, e.message)))?;
+        let mut pages = backlog.pages;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| End::Close(1011, format!("{}: {}", e.code, e.message)))?;
+            for event in &page {
+                let text = serde_json::to_string(&event.frame).map_err(|_| End::Close(1011, "internal".into()))?;
+                if matches!(event.frame, ServerFrame::Message(_)) {
+                    self.state.metrics.messages_delivered.inc();
+                }
+                self.socket.feed(Message::Text(text.into())).await.map_err(gone)?;
+            }
+            self.socket.flush().await.map_err(gone)?;
+        }
+        Ok(backlog.head.max(since))
+    }
+
+    /// Writes a live event and whatever else is already queued, then flushes once.
+    async fn forward(&mut self, first: Outgoing) -> Step {
+        let mut next = Some(first);
+        while let Some(outgoing) = next {
+            if self.registration.overflowed.swap(false, Ordering::AcqRel) {
+                // Events were dropped for us after the ones already queued: re-read them.
+                self.last_sent = self.catch_up(self.last_sent).await?;
+            }
+            if outgoing.pos == 0 || outgoing.pos > self.last_sent {
+                if outgoing.pos != 0 {
+                    self.last_sent = outgoing.pos;
+                }
+                if outgoing.is_message {
+                    self.state.metrics.messages_delivered.inc();
+                }
+                self.socket.feed(Message::Text(outgoing.text)).await.map_err(gone)?;
+            }
+            next = self.registration.rx.try_recv().ok();
+        }
+        self.socket.flush().await.map_err(gone)
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Step {
+        let text = serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal".into()))?;
+        self.socket.send(Message::Text(text.into())).await.map_err(gone)
+    }
+
+    async fn write_error(&mut self, error: &Error, cid: Option<String>) -> Step {
+        self.state.metrics.error(error.code);
+        self.write(&ServerFrame::Error(ErrorFrame {
+            code: error.code,
+            message: error.message.to_string(),
+            cid,
+            retry_after_ms: error.retry_after_ms,
+        }))
+        .await
+    }
+
+    async fn on_message(&mut self, message: Message) -> Step {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                let error = Error::new(ErrorCode::UnknownFrame, "binary frames are not supported; send JSON text");
+                return self.write_error(&error, None).await;
+            }
+            Message::Close(_) => return Err(End::ClientGone),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        if let Err(wait_ms) = self.frames.take() {
+            self.flood += 1;
+            if self.flood > FLOOD_CLOSE_AFTER {
+                return Err(End::Close(close::RATE_LIMITED, "rate_limited: flood".into()));
+            }
+            return self.write_error(&Error::rate_limited(wait_ms), None).await;
+        }
+        self.flood = 0;
+        let frame = match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(frame) => frame,
+            Err(e) => return self.write_error(&parse_error(&e), None).await,
+        };
+        match frame {
+            ClientFrame::Hello { .. } => {
+                let error = Error::new(ErrorCode::BadRequest, "already authenticated; hello is only the first frame");
+                self.write_error(&error, None).await
+            }
+            ClientFrame::Send { cid, conv, text } => {
+                let started = Instant::now();
+                match self.state.chat.send(self.principal.user, conv, Some(cid.clone()), text) {
+                    Ok(commit) => {
+                        self.inflight.push(Box::pin(async move {
+                            let result = commit.await;
+                            Done::Sent { cid, started, result }
+                        }));
+                        Ok(())
+                    }
+                    Err(error) => self.write_error(&error, Some(cid)).await,
+                }
+            }
+            ClientFrame::Read { conv, seq } => {
+                let state = self.state.clone();
+                let user = self.principal.user;
+                self.inflight.push(Box::pin(async move {
+                    match state.chat.mark_read(user, conv, seq).await {
+                        Ok(_) => Done::Nothing,
+                        Err(error) => Done::Failed { cid: None, error },
+                    }
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_done(&mut self, done: Done) -> Step {
+        match done {
+            Done::Nothing => Ok(()),
+            Done::Failed { cid, error } => self.write_error(&error, cid).await,
+            Done::Sent { cid, started, result } => match result {
+                Ok(appended) => {
+                    self.state.metrics.ack_latency.observe(started.elapsed().as_secs_f64());
+                    self.write(&ServerFrame::Ack(Ack {
+                        cid,
+                        conv: appended.conv,
+                        id: appended.id,
+                        seq: appended.seq,
+                        pos: Id(appended.pos),
+                        ts: appended.ts,
+                        duplicate: appended.duplicate,
+                    }))
+                    .await
+                }
+                Err(error) => self.write_error(&error, Some(cid)).await,
+            },
+        }
+    }
+}
+
+/// JSON that does not parse is `malformed_frame`; valid JSON with an unknown `type` is
+/// `unknown_frame`.
+fn parse_error(e: &serde_json::Error) -> Error {
+    let detail = e.to_string();
+    if e.is_data() && detail.contains("unknown variant") {
+        return Error::new(ErrorCode::UnknownFrame, detail);
+    }
+    Error::new(ErrorCode::MalformedFrame, detail)
+}
+
+/// Transport-level violations end the connection with the matching standard close code.
+fn protocol_error(detail: &str) -> End {
+    if detail.contains("Space limit exceeded") || detail.contains("too long") || detail.contains("too big") {
+        End::Close(1009, "payload_too_large: frame exceeds the size limit".into())
+    } else if detail.to_ascii_lowercase().contains("utf-8") {
+        End::Close(1007, "malformed_frame: invalid UTF-8 in a text frame".into())
+    } else {
+        End::ClientGone
+    }
+}

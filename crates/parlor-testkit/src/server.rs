@@ -1,0 +1,387 @@
+//! Starting, stopping and restarting the real `parlor` binary.
+
+use crate::self_signed;
+use anyhow::{anyhow, bail, Context};
+use parlor_client::proto::Id;
+use parlor_client::{Http, WsClient};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How long the server may take to print its address, or to exit after SIGTERM.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How to start a [`TestServer`].
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Serve HTTPS/WSS with a throwaway self-signed certificate.
+    pub tls: bool,
+    /// Extra environment variables. `RUST_LOG` defaults to `warn` unless given here.
+    pub env: Vec<(String, String)>,
+    /// Extra command-line arguments, appended after the ones the test kit passes.
+    pub args: Vec<String>,
+    /// Use this data directory instead of a temporary one (which is then not deleted).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ServerOptions {
+    pub fn with_tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn with_arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+}
+
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    pem: Vec<u8>,
+}
+
+/// A running `parlor serve` process on `127.0.0.1` with a free port. Dropping it kills
+/// the process and deletes the temporary directory.
+pub struct TestServer {
+    bin: PathBuf,
+    opts: ServerOptions,
+    data_dir: PathBuf,
+    tls: Option<TlsFiles>,
+    child: Child,
+    base_url: String,
+    http: Http,
+    /// Holds the data directory (unless one was given) and the TLS files. Declared last
+    /// so that it is removed after the process is gone.
+    _tmp: TempDir,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("pid", &self.child.id())
+            .field("base_url", &self.base_url)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestServer {
+    /// Spawns `bin serve --listen 127.0.0.1:0 --data-dir DIR [--tls-cert C --tls-key K]
+    /// ARGS...` and waits (at most 20 s) for the `listening on <url>` line on stdout.
+    pub fn start(bin: &Path, opts: ServerOptions) -> anyhow::Result<TestServer> {
+        let tmp = tempfile::Builder::new()
+            .prefix("parlor-test-")
+            .tempdir()
+            .context("create temporary directory")?;
+        let data_dir = match &opts.data_dir {
+            Some(dir) => dir.clone(),
+            None => tmp.path().join("data"),
+        };
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("create {}", data_dir.display()))?;
+        let tls = if opts.tls {
+            let (cert, key, pem) = self_signed(&tmp.path().join("tls"))?;
+            Some(TlsFiles { cert, key, pem })
+        } else {
+            None
+        };
+        let (child, base_url) = spawn(bin, &opts, &data_dir, tls.as_ref())?;
+        let http = match Http::new(&base_url, tls.as_ref().map(|t| t.pem.as_slice())) {
+            Ok(http) => http,
+            Err(e) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e).context("build HTTP client");
+            }
+        };
+        Ok(TestServer {
+            bin: bin.to_owned(),
+            opts,
+            data_dir,
+            tls,
+            child,
+            base_url,
+            http,
+            _tmp: tmp,
+        })
+    }
+
+    /// E.g. `http://127.0.0.1:41234` or `https://127.0.0.1:41234` (the certificate
+    /// covers the IP address as well as `localhost`).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// A REST client for this server, trusting its certificate when TLS is on.
+    pub fn http(&self) -> Http {
+        self.http.clone()
+    }
+
+    /// Opens a WebSocket and sends `hello` with `token` and `since`.
+    pub async fn ws(&self, token: &str, since: Option<Id>) -> parlor_client::Result<WsClient> {
+        WsClient::connect(&self.base_url, self.ca_pem_ref(), token, since).await
+    }
+
+    /// Opens a WebSocket with extra upgrade headers and sends nothing.
+    pub async fn ws_raw(
+        &self,
+        extra_headers: Vec<(String, String)>,
+    ) -> parlor_client::Result<WsClient> {
+        WsClient::connect_raw(&self.base_url, self.ca_pem_ref(), extra_headers).await
+    }
+
+    /// The certificate PEM to trust, when TLS is on.
+    pub fn ca_pem(&self) -> Option<Vec<u8>> {
+        self.tls.as_ref().map(|t| t.pem.clone())
+    }
+
+    fn ca_pem_ref(&self) -> Option<&[u8]> {
+        self.tls.as_ref().map(|t| t.pem.as_slice())
+    }
+
+    /// The process id of the current server process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, then reap the process. Nothing happens if it already exited.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            self.child.kill().context("kill server")?;
+        }
+        self.child.wait().context("wait for server")?;
+        Ok(())
+    }
+
+    /// Sends SIGTERM without waiting, for tests that watch the shutdown from a client
+    /// (then call [`TestServer::wait_exit`]).
+    pub fn send_sigterm(&mut self) -> anyhow::Result<()> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("run kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed: {status}", self.child.id());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("wait for server")? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait up to 20 s for a graceful exit and return its status. If the
+    /// process does not exit in time it is killed and an error returned.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        self.send_sigterm()?;
+        match self.wait_exit(SHUTDOWN_TIMEOUT)? {
+            Some(status) => Ok(status),
+            None => {
+                let _ = self.kill();
+                bail!(
+                    "server did not exit within {}s of SIGTERM",
+                    SHUTDOWN_TIMEOUT.as_secs()
+                )
+            }
+        }
+    }
+
+    /// Starts the server again with the same data directory, certificate, environment
+    /// and arguments (killing it first if it still runs). The port may change;
+    /// [`TestServer::base_url`] and [`TestServer::http`] follow it.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        let (child, base_url) = spawn(&self.bin, &self.opts, &self.data_dir, self.tls.as_ref())?;
+        self.child = child;
+        self.http = Http::new(&base_url, self.ca_pem_ref()).context("build HTTP client")?;
+        self.base_url = base_url;
+        Ok(())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns the server and waits for its address. On failure the process is killed.
+fn spawn(
+    bin: &Path,
+    opts: &ServerOptions,
+    data_dir: &Path,
+    tls: Option<&TlsFiles>,
+) -> anyhow::Result<(Child, String)> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir);
+    if let Some(tls) = tls {
+        cmd.arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key);
+    }
+    cmd.args(&opts.args);
+    if !opts.env.iter().any(|(k, _)| k == "RUST_LOG") {
+        cmd.env("RUST_LOG", "warn");
+    }
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    match wait_for_address(&mut child, tls.is_some()) {
+        Ok(url) => Ok((child, url)),
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            Err(e.context(format!(
+                "starting {} (exit status: {status:?})",
+                bin.display()
+            )))
+        }
+    }
+}
+
+fn wait_for_address(child: &mut Child, tls: bool) -> anyhow::Result<String> {
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("server stdout is not piped"))?;
+    let rx = drain_stdout(stdout)?;
+    match rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(url) => Ok(normalize_url(&url, tls)),
+        Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+            "no `listening on` line within {}s",
+            STARTUP_TIMEOUT.as_secs()
+        ),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            bail!("server closed stdout before printing `listening on`")
+        }
+    }
+}
+
+/// Reads stdout on a thread for the process's lifetime so the pipe never fills; the
+/// first `listening on <url>` is sent back, every other line is echoed to stderr.
+fn drain_stdout(stdout: ChildStdout) -> anyhow::Result<mpsc::Receiver<String>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("parlor-stdout".into())
+        .spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.is_some() {
+                    if let Some(url) = address_in(&line) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(url);
+                        }
+                        continue;
+                    }
+                }
+                eprintln!("[parlor stdout] {line}");
+            }
+        })
+        .context("spawn stdout reader thread")?;
+    Ok(rx)
+}
+
+fn address_in(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("listening on ")?;
+    rest.split_whitespace().next().map(str::to_owned)
+}
+
+fn normalize_url(url: &str, tls: bool) -> String {
+    let url = url.trim_end_matches('/');
+    if url.contains("://") {
+        url.to_owned()
+    } else if tls {
+        format!("https://{url}")
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// Finds the `parlor` binary for tests outside the `parlor` package: `$PARLOR_BIN`,
+/// then `$CARGO_BIN_EXE_parlor`, then `parlor` next to the test executable's `deps/`
+/// directory (`target/<profile>/parlor`). It does not build the binary.
+pub fn parlor_bin() -> anyhow::Result<PathBuf> {
+    for var in ["PARLOR_BIN", "CARGO_BIN_EXE_parlor"] {
+        if let Some(path) = std::env::var_os(var) {
+            return Ok(PathBuf::from(path));
+        }
+    }
+    let exe = std::env::current_exe().context("locate test executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    if dir.as_deref().and_then(Path::file_name) == Some("deps".as_ref()) {
+        dir = dir.as_deref().and_then(Path::parent).map(Path::to_path_buf);
+    }
+    let candidate = dir
+        .map(|d| d.join(format!("parlor{}", std::env::consts::EXE_SUFFIX)))
+        .ok_or_else(|| anyhow!("test executable has no parent directory"))?;
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "parlor binary not found at {} (set PARLOR_BIN or build it first)",
+            candidate.display()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_address() {
+        assert_eq!(
+            address_in("parlor listening on http://127.0.0.1:41234").as_deref(),
+            Some("http://127.0.0.1:41234")
+        );
+        assert_eq!(address_in("starting"), None);
+        assert_eq!(normalize_url("127.0.0.1:1/", true), "https://127.0.0.1:1");
+    }
+}
