@@ -196,6 +196,7 @@ impl Config {
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
             set_path(&mut table, &path, scalar(&value));
         }
+        fill_rate_defaults(&mut table);
         let config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -228,6 +229,28 @@ impl Config {
             member_limit: self.limits.member_limit,
             history_max_page: self.limits.history_max_page,
             sync_page: self.limits.sync_page,
+        }
+    }
+}
+
+/// A rate rule given only in part (e.g. just `PARLOR_RATE__LOGIN_PER_IP__BURST=3`) keeps
+/// the default of its other field instead of failing to deserialize.
+fn fill_rate_defaults(table: &mut toml::Table) {
+    let Some(toml::Value::Table(rate)) = table.get_mut("rate") else { return };
+    let d = RateConfig::default();
+    let rules = [
+        ("login_per_ip", d.login_per_ip),
+        ("login_per_user", d.login_per_user),
+        ("register_per_ip", d.register_per_ip),
+        ("connect_per_ip", d.connect_per_ip),
+        ("connect_per_user", d.connect_per_user),
+        ("frames_per_connection", d.frames_per_connection),
+        ("rest_per_user", d.rest_per_user),
+    ];
+    for (name, rule) in rules {
+        if let Some(toml::Value::Table(t)) = rate.get_mut(name) {
+            t.entry("burst").or_insert(toml::Value::Integer(i64::from(rule.burst)));
+            t.entry("per_second").or_insert(toml::Value::Float(rule.per_second));
         }
     }
 }

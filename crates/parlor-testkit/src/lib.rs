@@ -14,7 +14,7 @@
 
 mod server;
 
-pub use server::{parlor_bin, ServerOptions, TestServer};
+pub use server::{parlor_bin, relaxed_rate_limits, ServerOptions, TestServer, RELAXED_RATE_RULES};
 
 use anyhow::Context;
 use parlor_client::proto::rest::{TokenPair, UserView};

@@ -15,12 +15,47 @@ use tempfile::TempDir;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Rate rules the test kit relaxes by default (see [`relaxed_rate_limits`]).
+pub const RELAXED_RATE_RULES: &[&str] = &[
+    "REGISTER_PER_IP",
+    "LOGIN_PER_IP",
+    "LOGIN_PER_USER",
+    "CONNECT_PER_IP",
+    "CONNECT_PER_USER",
+    "REST_PER_USER",
+    "FRAMES_PER_CONNECTION",
+];
+
+/// The environment [`TestServer::start`] adds so that tests registering many users from
+/// `127.0.0.1` are not throttled by the production defaults (e.g. 10 registrations per
+/// IP): `PARLOR_RATE__<RULE>__BURST=100000` and `..._PER_SECOND=100000` for each rule in
+/// [`RELAXED_RATE_RULES`].
+///
+/// A rule is left alone (server default or test value) when the test's
+/// [`ServerOptions::env`] or the inherited process environment sets *any* key of it, so
+/// `with_env("PARLOR_RATE__LOGIN_PER_IP__BURST", "3")` alone gives a real limit of 3 with
+/// the default refill rate, not 3 with an instant refill. Rate-limit tests set both keys.
+pub fn relaxed_rate_limits(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for rule in RELAXED_RATE_RULES {
+        let prefix = format!("PARLOR_RATE__{rule}__");
+        let set_by_test = env.iter().any(|(k, _)| k.starts_with(&prefix))
+            || std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with(&prefix));
+        if !set_by_test {
+            out.push((format!("{prefix}BURST"), "100000".to_owned()));
+            out.push((format!("{prefix}PER_SECOND"), "100000".to_owned()));
+        }
+    }
+    out
+}
+
 /// How to start a [`TestServer`].
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
     /// Serve HTTPS/WSS with a throwaway self-signed certificate.
     pub tls: bool,
-    /// Extra environment variables. `RUST_LOG` defaults to `warn` unless given here.
+    /// Extra environment variables. `RUST_LOG` defaults to `warn` unless given here, and
+    /// rate limits are relaxed unless given here (see [`relaxed_rate_limits`]).
     pub env: Vec<(String, String)>,
     /// Extra command-line arguments, appended after the ones the test kit passes.
     pub args: Vec<String>,
@@ -79,6 +114,7 @@ impl std::fmt::Debug for TestServer {
 impl TestServer {
     /// Spawns `bin serve --listen 127.0.0.1:0 --data-dir DIR [--tls-cert C --tls-key K]
     /// ARGS...` and waits (at most 20 s) for the `listening on <url>` line on stdout.
+    /// Rate limits are relaxed unless the test sets them (see [`relaxed_rate_limits`]).
     pub fn start(bin: &Path, opts: ServerOptions) -> anyhow::Result<TestServer> {
         let tmp = tempfile::Builder::new()
             .prefix("parlor-test-")
@@ -265,6 +301,7 @@ fn spawn(
     if !opts.env.iter().any(|(k, _)| k == "RUST_LOG") {
         cmd.env("RUST_LOG", "warn");
     }
+    cmd.envs(relaxed_rate_limits(&opts.env));
     cmd.envs(opts.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -383,5 +420,18 @@ mod tests {
         );
         assert_eq!(address_in("starting"), None);
         assert_eq!(normalize_url("127.0.0.1:1/", true), "https://127.0.0.1:1");
+    }
+
+    #[test]
+    fn test_env_keeps_its_rate_rules() {
+        let env = vec![(
+            "PARLOR_RATE__LOGIN_PER_IP__BURST".to_owned(),
+            "3".to_owned(),
+        )];
+        let relaxed = relaxed_rate_limits(&env);
+        assert!(relaxed.iter().all(|(k, _)| !k.contains("LOGIN_PER_IP")));
+        assert!(relaxed
+            .iter()
+            .any(|(k, _)| k == "PARLOR_RATE__REGISTER_PER_IP__BURST"));
     }
 }
