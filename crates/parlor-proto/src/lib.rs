@@ -9,6 +9,7 @@
 //!
 //! Nothing here does I/O; the types only describe what crosses the wire.
 
+pub mod admin;
 pub mod error;
 pub mod ids;
 pub mod rest;

@@ -118,12 +118,16 @@ impl Auth {
     }
 
     pub fn issue_access(&self, principal: Principal) -> Result<String> {
+        self.issue_access_for(principal, self.access_ttl_secs)
+    }
+
+    pub fn issue_access_for(&self, principal: Principal, ttl_secs: u64) -> Result<String> {
         let now = now_secs();
         let claims = Claims {
             sub: principal.user.to_string(),
             sid: principal.device.to_string(),
             iat: now,
-            exp: now + self.access_ttl_secs,
+            exp: now + ttl_secs,
         };
         jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &self.encoding).map_err(|e| {
             tracing::error!(error = %e, "token signing failed");

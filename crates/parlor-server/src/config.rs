@@ -32,6 +32,9 @@ pub struct Config {
     pub rate: RateConfig,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
+    /// Enables the admin API (`/v1/admin/*`) for this bearer credential (32+ characters).
+    /// Unset: the admin API answers 404.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +124,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             rate: RateConfig::default(),
             log_format: "text".into(),
+            admin_token: None,
         }
     }
 }
@@ -217,6 +221,9 @@ impl Config {
             self.tls_cert.is_some() == self.tls_key.is_some(),
             "tls_cert and tls_key go together"
         );
+        if let Some(token) = &self.admin_token {
+            anyhow::ensure!(token.len() >= 32, "admin_token must be at least 32 characters");
+        }
         anyhow::ensure!(self.limits.max_text_bytes > 0, "limits.max_text_bytes must be positive");
         anyhow::ensure!(self.ws.outbox >= 8, "ws.outbox must be at least 8");
         anyhow::ensure!(self.ws.ping_interval_secs > 0, "ws.ping_interval_secs must be positive");

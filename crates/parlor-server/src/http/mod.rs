@@ -2,6 +2,7 @@
 //! parsing: they call the chat service (domain rules) or the auth module.
 
 mod accounts;
+mod admin;
 mod conversations;
 pub mod error;
 mod ops;
@@ -42,6 +43,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/conversations/{id}/read", post(conversations::mark_read))
         .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/admin/users", post(admin::create_users))
+        .route("/v1/admin/conversations", post(admin::create_conversations))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_errors))
