@@ -6,6 +6,7 @@
 //! - [`model`]: domain values (events, new messages, membership commands, pages).
 //! - [`rules`]: pure validation and authorization rules, shared by every adapter.
 //! - [`ports`]: the traits adapters implement (store, bus, rate limiter).
+//! - [`search`]: how text is tokenized for search (CJK bigrams) and highlighted.
 //! - [`chat`]: the chat service, the one entry point the server calls.
 //! - [`error`]: the domain error, carrying a stable wire code.
 //!
@@ -17,6 +18,7 @@ pub mod error;
 pub mod model;
 pub mod ports;
 pub mod rules;
+pub mod search;
 pub mod snowflake;
 
 pub use chat::Chat;

@@ -1,0 +1,209 @@
+//! Text handling for full-text search, shared by every store adapter so that all of them
+//! find the same messages.
+//!
+//! Word-based tokenizers split Latin text on spaces, which fails for Chinese and Japanese
+//! (no spaces) and poorly for Korean. Runs of CJK characters are therefore indexed as
+//! overlapping bigrams ("東京都" → "東京 京都"), the approach of Lucene's CJK analyzer: a
+//! query of two or more CJK characters becomes the phrase of its bigrams, so it matches
+//! exactly where those characters are adjacent. Everything else is left to the engine's
+//! Unicode word tokenizer with case and diacritic folding ("Café" finds "cafe").
+
+use crate::error::{Error, Result};
+use parlor_proto::ErrorCode;
+use unicode_normalization::char::decompose_canonical;
+
+/// Longest accepted query, in bytes.
+pub const MAX_QUERY_BYTES: usize = 256;
+/// Terms per query; more are refused rather than silently dropped.
+pub const MAX_QUERY_TERMS: usize = 16;
+
+pub fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF      // Hiragana, Katakana
+        | 0x31F0..=0x31FF    // Katakana phonetic extensions
+        | 0x3400..=0x4DBF    // CJK extension A
+        | 0x4E00..=0x9FFF    // CJK unified ideographs
+        | 0xF900..=0xFAFF    // CJK compatibility ideographs
+        | 0x1100..=0x11FF    // Hangul jamo
+        | 0x3130..=0x318F    // Hangul compatibility jamo
+        | 0xAC00..=0xD7AF    // Hangul syllables
+        | 0x20000..=0x2A6DF) // CJK extension B
+}
+
+/// Splits text into tokens the way search sees it: words of non-CJK text, and bigrams
+/// (or a lone character) of each CJK run.
+fn tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut run: Vec<char> = Vec::new();
+    let flush_run = |run: &mut Vec<char>, out: &mut Vec<String>| {
+        match run.len() {
+            0 => {}
+            1 => out.push(run[0].to_string()),
+            _ => out.extend(run.windows(2).map(|w| w.iter().collect())),
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if is_cjk(c) {
+            if !word.is_empty() {
+                out.push(std::mem::take(&mut word));
+            }
+            run.push(c);
+        } else if c.is_alphanumeric() {
+            flush_run(&mut run, &mut out);
+            word.push(c);
+        } else {
+            flush_run(&mut run, &mut out);
+            if !word.is_empty() {
+                out.push(std::mem::take(&mut word));
+            }
+        }
+    }
+    flush_run(&mut run, &mut out);
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+/// The text to put in the index for a message.
+pub fn index_text(text: &str) -> String {
+    tokens(text).join(" ")
+}
+
+/// A parsed search query: the original terms (for highlighting) and an FTS5 MATCH
+/// expression (for the engine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub terms: Vec<String>,
+    pub fts: String,
+}
+
+/// Every whitespace-separated term must match (AND); the last one also matches as a
+/// prefix, so results appear while typing. CJK terms become phrases of their bigrams.
+pub fn parse_query(raw: &str) -> Result<Query> {
+    let raw = raw.trim();
+    if raw.len() > MAX_QUERY_BYTES {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            format!("search query is longer than {MAX_QUERY_BYTES} bytes"),
+        ));
+    }
+    let terms: Vec<String> = raw
+        .split_whitespace()
+        .filter(|t| t.chars().any(char::is_alphanumeric))
+        .map(str::to_string)
+        .collect();
+    if terms.is_empty() {
+        return Err(Error::new(ErrorCode::BadRequest, "search query is empty"));
+    }
+    if terms.len() > MAX_QUERY_TERMS {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            format!("search query has more than {MAX_QUERY_TERMS} terms"),
+        ));
+    }
+    let last = terms.len() - 1;
+    let parts: Vec<String> = terms
+        .iter()
+        .enumerate()
+        .filter_map(|(i, term)| {
+            let toks = tokens(term);
+            if toks.is_empty() {
+                return None;
+            }
+            let phrase = toks.iter().map(|t| t.replace('"', "\"\"")).collect::<Vec<_>>().join(" ");
+            let single_cjk = toks.len() == 1 && toks[0].chars().count() == 1 && toks[0].chars().all(is_cjk);
+            let prefix = i == last || single_cjk;
+            Some(if prefix { format!("\"{phrase}\"*") } else { format!("\"{phrase}\"") })
+        })
+        .collect();
+    Ok(Query {
+        terms,
+        fts: parts.join(" AND "),
+    })
+}
+
+/// Base character for matching: lower-cased, diacritics removed.
+fn fold(c: char) -> char {
+    let mut base = c;
+    let mut first = true;
+    decompose_canonical(c, |d| {
+        if first {
+            base = d;
+            first = false;
+        }
+    });
+    base.to_lowercase().next().unwrap_or(base)
+}
+
+/// A short excerpt of `text` around the first match, with the matched ranges as
+/// character offsets into the excerpt (so clients highlight without parsing markup).
+pub fn snippet(text: &str, terms: &[String], max_chars: usize) -> (String, Vec<(usize, usize)>) {
+    let chars: Vec<char> = text.chars().collect();
+    let folded: Vec<char> = chars.iter().map(|&c| fold(c)).collect();
+    let mut ranges = Vec::new();
+    for term in terms {
+        let needle: Vec<char> = term.chars().filter(|c| c.is_alphanumeric()).map(fold).collect();
+        if needle.is_empty() || needle.len() > folded.len() {
+            continue;
+        }
+        let mut i = 0;
+        while i + needle.len() <= folded.len() {
+            if folded[i..i + needle.len()] == needle[..] {
+                ranges.push((i, i + needle.len()));
+                i += needle.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
+    ranges.sort_unstable();
+    let first = ranges.first().map_or(0, |r| r.0);
+    let start = if chars.len() <= max_chars {
+        0
+    } else {
+        first.saturating_sub(max_chars / 3).min(chars.len() - max_chars)
+    };
+    let end = (start + max_chars).min(chars.len());
+    let excerpt: String = chars[start..end].iter().collect();
+    let inside = ranges
+        .into_iter()
+        .filter(|&(s, e)| s >= start && e <= end)
+        .map(|(s, e)| (s - start, e - start))
+        .collect();
+    (excerpt, inside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cjk_runs_become_bigrams() {
+        assert_eq!(index_text("我在東京都。Hello wörld"), "我在 在東 東京 京都 Hello wörld");
+        assert_eq!(index_text("서울 날씨"), "서울 날씨");
+    }
+
+    #[test]
+    fn queries_are_quoted_and_prefixed() {
+        let q = parse_query("  東京  café ").unwrap_or_else(|_| Query { terms: vec![], fts: String::new() });
+        assert_eq!(q.fts, "\"東京\" AND \"café\"*");
+        let injection = parse_query("x\" OR 1=1 --").unwrap_or_else(|_| Query { terms: vec![], fts: String::new() });
+        assert_eq!(injection.fts, "\"x\" AND \"OR\" AND \"1 1\"*");
+        assert!(parse_query("   ").is_err());
+        assert!(parse_query("!!! ???").is_err());
+        assert!(parse_query(&"a".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn snippets_highlight_without_diacritics() {
+        let (text, ranges) = snippet("Rendez-vous au Café de Flore", &["cafe".to_string()], 100);
+        assert_eq!(text, "Rendez-vous au Café de Flore");
+        assert_eq!(ranges, vec![(15, 19)]);
+        let (text, ranges) = snippet("明日は東京都に行きます", &["東京".to_string()], 5);
+        assert_eq!(ranges.len(), 1);
+        assert!(text.contains("東京"));
+    }
+}
