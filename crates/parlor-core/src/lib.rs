@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`snowflake`]: 64-bit time-ordered ids (timestamp, machine id, sequence).
 //! - [`model`]: domain values (events, new messages, membership commands, pages).
+//! - [`presence`]: online/offline with a grace period, status, last seen.
 //! - [`rules`]: pure validation and authorization rules, shared by every adapter.
 //! - [`ports`]: the traits adapters implement (store, bus, rate limiter).
 //! - [`search`]: how text is tokenized for search (CJK bigrams) and highlighted.
@@ -17,6 +18,7 @@ pub mod chat;
 pub mod error;
 pub mod model;
 pub mod ports;
+pub mod presence;
 pub mod rules;
 pub mod search;
 pub mod snowflake;

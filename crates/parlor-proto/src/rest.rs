@@ -174,3 +174,26 @@ pub struct ReadState {
 pub struct Health {
     pub status: String,
 }
+
+/// What a user says about being reachable; independent of being connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    #[default]
+    Available,
+    Away,
+    DoNotDisturb,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceView {
+    pub user: Id,
+    /// True while any of the user's devices is connected (plus a short grace period).
+    pub online: bool,
+    pub status: Availability,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// When the user was last connected; absent while online or if never seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<i64>,
+}
