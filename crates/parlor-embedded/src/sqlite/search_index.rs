@@ -1,0 +1,236 @@
+//! The search index: an FTS5 table in its own database file (`search.db`), written by its
+//! own thread. A separate file has its own write lock, so indexing never holds up the
+//! message writer; the index is a projection of the message store, fed in commit order
+//! and a few milliseconds behind it.
+//!
+//! Crash safety: the index records the highest position it has applied. At start-up it
+//! re-applies everything the main store committed after that position (new messages,
+//! edits, deletes), so a crash between a commit and its indexing loses nothing. Applying
+//! an operation twice is harmless: each one writes the message's current state.
+
+use super::reader::db_err;
+use parking_lot::Mutex;
+use parlor_core::error::Result;
+use parlor_core::search;
+use rusqlite::{params, Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub const SEARCH_FILE: &str = "search.db";
+const MAX_BATCH: usize = 8192;
+
+/// One change to apply to the index.
+#[derive(Debug, Clone)]
+pub enum IndexOp {
+    /// A new or edited message, with its current text.
+    Upsert {
+        id: u64,
+        conv: u64,
+        seq: u64,
+        sender: u64,
+        ts: i64,
+        text: String,
+    },
+    /// A deleted message: its text must not be findable any more.
+    Remove { id: u64 },
+}
+
+const SCHEMA: &str = r#"
+    CREATE TABLE IF NOT EXISTS index_state (id INTEGER PRIMARY KEY CHECK (id = 1), applied_pos INTEGER NOT NULL);
+    INSERT OR IGNORE INTO index_state (id, applied_pos) VALUES (1, 0);
+    CREATE VIRTUAL TABLE IF NOT EXISTS message_fts USING fts5(
+        body, conv_id UNINDEXED, seq UNINDEXED, sender UNINDEXED, ts UNINDEXED,
+        content = '', contentless_delete = 1, contentless_unindexed = 1,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+"#;
+
+fn open_index(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn apply(conn: &Connection, ops: &[(u64, IndexOp)]) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut delete = tx.prepare_cached("DELETE FROM message_fts WHERE rowid = ?1")?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO message_fts (rowid, body, conv_id, seq, sender, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut applied = 0u64;
+        for (pos, op) in ops {
+            applied = applied.max(*pos);
+            match op {
+                IndexOp::Upsert {
+                    id,
+                    conv,
+                    seq,
+                    sender,
+                    ts,
+                    text,
+                } => {
+                    delete.execute([*id as i64])?;
+                    insert.execute(params![
+                        *id as i64,
+                        search::index_text(text),
+                        *conv as i64,
+                        *seq as i64,
+                        *sender as i64,
+                        ts
+                    ])?;
+                }
+                IndexOp::Remove { id } => {
+                    delete.execute([*id as i64])?;
+                }
+            }
+        }
+        tx.execute("UPDATE index_state SET applied_pos = MAX(applied_pos, ?1) WHERE id = 1", [applied as i64])?;
+    }
+    tx.commit()
+}
+
+/// What the main store committed after `after`, as index operations in position order.
+fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>> {
+    let mut ops = Vec::new();
+    let convs: Vec<i64> = main
+        .prepare("SELECT id FROM conversations")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = main.prepare(
+        "SELECT pos, id, conv_id, seq, sender, created_at, body, deleted FROM messages INDEXED BY messages_by_pos
+         WHERE conv_id = ?1 AND pos > ?2",
+    )?;
+    for conv in convs {
+        let rows = stmt.query_map(params![conv, after as i64], |r| {
+            let (pos, id): (i64, i64) = (r.get(0)?, r.get(1)?);
+            let op = if r.get::<_, bool>(7)? {
+                IndexOp::Remove { id: id as u64 }
+            } else {
+                IndexOp::Upsert {
+                    id: id as u64,
+                    conv: r.get::<_, i64>(2)? as u64,
+                    seq: r.get::<_, i64>(3)? as u64,
+                    sender: r.get::<_, i64>(4)? as u64,
+                    ts: r.get(5)?,
+                    text: r.get(6)?,
+                }
+            };
+            Ok((pos as u64, op))
+        })?;
+        for row in rows {
+            ops.push(row?);
+        }
+    }
+    // Edits and deletes of older messages: re-apply their current state.
+    let mut changes = main.prepare(
+        "SELECT c.pos, m.id, m.conv_id, m.seq, m.sender, m.created_at, m.body, m.deleted
+         FROM message_changes c JOIN messages m ON m.conv_id = c.conv_id AND m.seq = c.seq
+         WHERE c.pos > ?1",
+    )?;
+    let rows = changes.query_map([after as i64], |r| {
+        let (pos, id): (i64, i64) = (r.get(0)?, r.get(1)?);
+        let op = if r.get::<_, bool>(7)? {
+            IndexOp::Remove { id: id as u64 }
+        } else {
+            IndexOp::Upsert {
+                id: id as u64,
+                conv: r.get::<_, i64>(2)? as u64,
+                seq: r.get::<_, i64>(3)? as u64,
+                sender: r.get::<_, i64>(4)? as u64,
+                ts: r.get(5)?,
+                text: r.get(6)?,
+            }
+        };
+        Ok((pos as u64, op))
+    })?;
+    for row in rows {
+        ops.push(row?);
+    }
+    ops.sort_by_key(|(pos, _)| *pos);
+    Ok(ops)
+}
+
+/// Handle held by the writer (to feed the index) and by readers (to query it).
+pub struct SearchIndex {
+    feed: mpsc::UnboundedSender<Vec<(u64, IndexOp)>>,
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl SearchIndex {
+    /// Opens the index, catches up with what `main` committed since the index last
+    /// applied, and starts the indexing thread.
+    pub fn open(dir: &Path, main: &Connection) -> anyhow::Result<Arc<Self>> {
+        let path = dir.join(SEARCH_FILE);
+        let conn = open_index(&path)?;
+        let applied: i64 = conn.query_row("SELECT applied_pos FROM index_state WHERE id = 1", [], |r| r.get(0))?;
+        let backlog = missed(main, applied as u64)?;
+        if !backlog.is_empty() {
+            tracing::info!(operations = backlog.len(), "search index catching up");
+            for chunk in backlog.chunks(MAX_BATCH) {
+                apply(&conn, chunk)?;
+            }
+        }
+        let (feed, mut rx) = mpsc::unbounded_channel::<Vec<(u64, IndexOp)>>();
+        std::thread::Builder::new()
+            .name("parlor-search-indexer".into())
+            .spawn(move || {
+                let mut batch = Vec::new();
+                while let Some(ops) = rx.blocking_recv() {
+                    batch.extend(ops);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => batch.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = apply(&conn, &batch) {
+                        // The next start-up re-applies from the last recorded position.
+                        tracing::error!(error = %e, "search indexing failed");
+                    }
+                    batch.clear();
+                }
+            })?;
+        Ok(Arc::new(SearchIndex {
+            feed,
+            path,
+            idle: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Queues committed changes, in commit order.
+    pub fn feed(&self, ops: Vec<(u64, IndexOp)>) {
+        if !ops.is_empty() {
+            let _ = self.feed.send(ops);
+        }
+    }
+
+    /// Runs `f` on a read-only connection to the index (blocking; call from a blocking
+    /// thread).
+    pub fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.idle.lock().pop() {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(db_err)?;
+                conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
+                conn
+            }
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock();
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+        result
+    }
+}
