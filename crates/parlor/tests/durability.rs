@@ -69,8 +69,14 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_and_retries_never_dup
     let senders = users(&http, "sender", SENDERS).await;
     let ids: Vec<Id> = senders.iter().map(|u| u.id).collect();
     let convs: Vec<Id> = vec![
-        http.create_group(&owner.token, "one", &ids).await.unwrap().id,
-        http.create_group(&owner.token, "two", &ids).await.unwrap().id,
+        http.create_group(&owner.token, "one", &ids)
+            .await
+            .unwrap()
+            .id,
+        http.create_group(&owner.token, "two", &ids)
+            .await
+            .unwrap()
+            .id,
     ];
 
     let total = Arc::new(AtomicUsize::new(0));
@@ -90,7 +96,7 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_and_retries_never_dup
         assert!(tokio::time::Instant::now() < deadline, "senders stalled");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    server.kill().expect("SIGKILL");
+    kill(&mut server);
     let mut outcomes = Vec::new();
     for t in tasks {
         outcomes.push(t.await.unwrap());
@@ -99,13 +105,17 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_and_retries_never_dup
     let attempted: usize = outcomes.iter().map(|o| o.attempted.len()).sum();
     eprintln!("killed with {acked} acknowledged of {attempted} attempted sends");
 
-    server.restart().expect("restart");
+    restart(&mut server);
     let http = server.http();
 
     // Every acknowledged message is there, with its id and seq; seqs have no gap.
     let check_history = |history: &[MessageView], conv: Id| {
         let seqs: Vec<u64> = history.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "gap in {conv}");
+        assert_eq!(
+            seqs,
+            (1..=history.len() as u64).collect::<Vec<_>>(),
+            "gap in {conv}"
+        );
         let cids: HashSet<&str> = history.iter().map(|m| m.cid.as_deref().unwrap()).collect();
         assert_eq!(cids.len(), history.len(), "duplicate cid in {conv}");
     };
@@ -123,7 +133,11 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_and_retries_never_dup
             let m = stored
                 .get(&(sender, cid.clone()))
                 .unwrap_or_else(|| panic!("acknowledged message {cid} lost"));
-            assert_eq!((m.id, m.seq, m.conv, m.ts), (a.id, a.seq, a.conv, a.ts), "{cid}");
+            assert_eq!(
+                (m.id, m.seq, m.conv, m.ts),
+                (a.id, a.seq, a.conv, a.ts),
+                "{cid}"
+            );
         }
         let tried: HashSet<&str> = o.attempted.iter().map(|(c, _, _)| c.as_str()).collect();
         for (stored_sender, cid) in stored.keys() {
@@ -150,6 +164,11 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_and_retries_never_dup
             .collect();
         let mut seen = Vec::new();
         let acks = pipeline(&mut ws, &retries, 64, &mut seen).await;
+        let committed_unacked = acks.values().filter(|a| a.duplicate).count();
+        eprintln!(
+            "sender {s}: {} unacknowledged retried, {committed_unacked} of them had been committed",
+            acks.len()
+        );
         for (cid, a) in acks {
             let key = (sender.id, cid);
             match stored.get(&key) {
@@ -175,7 +194,10 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_and_retries_never_dup
         let again = pipeline(&mut ws, &all, 64, &mut seen).await;
         for (cid, a) in again {
             assert!(a.duplicate, "{cid}");
-            let original = o.acked.get(&cid).or_else(|| first_retry.get(&(sender.id, cid.clone())));
+            let original = o
+                .acked
+                .get(&cid)
+                .or_else(|| first_retry.get(&(sender.id, cid.clone())));
             assert_eq!(a.id, original.unwrap().id, "{cid}");
         }
     }
@@ -186,7 +208,10 @@ async fn sigkill_mid_traffic_loses_no_acknowledged_message_and_retries_never_dup
         check_history(&history, conv);
         final_count += history.len();
     }
-    assert_eq!(final_count, attempted, "every attempted send is stored exactly once");
+    assert_eq!(
+        final_count, attempted,
+        "every attempted send is stored exactly once"
+    );
 }
 
 async fn wait_close_code(ws: &mut WsClient) -> Option<u16> {
@@ -245,16 +270,18 @@ async fn sigterm_closes_websockets_with_1001_exits_successfully_and_keeps_all_da
     server.send_sigterm().unwrap();
     assert_eq!(wait_close_code(&mut a).await, Some(1001));
     assert_eq!(wait_close_code(&mut b).await, Some(1001));
-    let status = server
-        .wait_exit(Duration::from_secs(30))
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)))
         .unwrap()
         .expect("the server did not exit after SIGTERM");
     assert!(status.success(), "exit status {status}");
 
-    server.restart().expect("restart");
+    restart(&mut server);
     let after = snapshot(server.http()).await;
     assert_eq!(before, after);
-    assert_eq!(full_history(&server.http(), &bob.token, room).await.len(), 90);
+    assert_eq!(
+        full_history(&server.http(), &bob.token, room).await.len(),
+        90
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +310,10 @@ async fn history_pages_with_before_after_and_limit_and_reports_has_more() {
             for m in &h.messages {
                 assert_eq!(m.text, format!("message {}", m.seq));
             }
-            (h.messages.iter().map(|m| m.seq).collect::<Vec<u64>>(), h.has_more)
+            (
+                h.messages.iter().map(|m| m.seq).collect::<Vec<u64>>(),
+                h.has_more,
+            )
         }
     };
     let range = |a: u64, b: u64| (a..=b).collect::<Vec<u64>>();
@@ -310,8 +340,15 @@ async fn history_pages_with_before_after_and_limit_and_reports_has_more() {
         (None, None, Some(0)),
         (Some(10), Some(5), Some(5)),
     ] {
-        let err = http.history(t, conv, before, after, limit).await.unwrap_err();
-        assert_eq!(err.code(), Some(ErrorCode::InvalidPagination), "{before:?} {after:?} {limit:?}");
+        let err = http
+            .history(t, conv, before, after, limit)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::InvalidPagination),
+            "{before:?} {after:?} {limit:?}"
+        );
     }
 
     // Walking backwards from the latest page visits every message once.
@@ -332,7 +369,11 @@ async fn history_is_readable_only_by_members() {
     let bob = user(&http, "bob").await;
     let eve = user(&http, "eve").await;
     let direct = http.open_direct(&alice.token, bob.id).await.unwrap().id;
-    let room = http.create_group(&alice.token, "room", &[bob.id]).await.unwrap().id;
+    let room = http
+        .create_group(&alice.token, "room", &[bob.id])
+        .await
+        .unwrap()
+        .id;
     for conv in [direct, room] {
         http.send(&alice.token, conv, Some(&format!("m{conv}")), "secret")
             .await
@@ -378,23 +419,52 @@ async fn member_who_left_or_was_removed_sees_history_only_up_to_that_point() {
     for i in 6..=8 {
         send(format!("b{i}")).await;
     }
-    http.remove_member(&owner.token, room, removed.id).await.unwrap();
+    http.remove_member(&owner.token, room, removed.id)
+        .await
+        .unwrap();
     for i in 9..=12 {
         send(format!("c{i}")).await;
     }
 
     let seqs = |h: &[MessageView]| h.iter().map(|m| m.seq).collect::<Vec<_>>();
-    assert_eq!(seqs(&full_history(&http, &leaver.token, room).await), (1..=5).collect::<Vec<_>>());
-    assert_eq!(seqs(&full_history(&http, &removed.token, room).await), (1..=8).collect::<Vec<_>>());
-    assert_eq!(seqs(&full_history(&http, &owner.token, room).await), (1..=12).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&full_history(&http, &leaver.token, room).await),
+        (1..=5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&full_history(&http, &removed.token, room).await),
+        (1..=8).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&full_history(&http, &owner.token, room).await),
+        (1..=12).collect::<Vec<_>>()
+    );
     // The latest page, and pages past the end, stop where they left.
-    let latest = http.history(&leaver.token, room, None, None, Some(3)).await.unwrap();
-    assert_eq!((seqs(&latest.messages), latest.has_more), (vec![3, 4, 5], true));
-    let past = http.history(&leaver.token, room, None, Some(5), None).await.unwrap();
+    let latest = http
+        .history(&leaver.token, room, None, None, Some(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&latest.messages), latest.has_more),
+        (vec![3, 4, 5], true)
+    );
+    let past = http
+        .history(&leaver.token, room, None, Some(5), None)
+        .await
+        .unwrap();
     assert_eq!((seqs(&past.messages), past.has_more), (vec![], false));
-    let before = http.history(&removed.token, room, Some(12), None, Some(5)).await.unwrap();
-    assert_eq!((seqs(&before.messages), before.has_more), (vec![4, 5, 6, 7, 8], true));
+    let before = http
+        .history(&removed.token, room, Some(12), None, Some(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&before.messages), before.has_more),
+        (vec![4, 5, 6, 7, 8], true)
+    );
     // And they can no longer send.
-    let err = http.send(&leaver.token, room, Some("late"), "hi").await.unwrap_err();
+    let err = http
+        .send(&leaver.token, room, Some("late"), "hi")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotMember));
 }

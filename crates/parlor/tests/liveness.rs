@@ -29,9 +29,17 @@ fn fast_pings() -> TestServer {
 
 /// Completes the WebSocket handshake and `hello`, then is never polled again: it reads
 /// nothing, so it never answers a ping.
-async fn silent_client(server: &TestServer, token: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
-    let url = format!("{}/v1/ws", server.base_url().replacen("http://", "ws://", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket handshake");
+async fn silent_client(
+    server: &TestServer,
+    token: &str,
+) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    let url = format!(
+        "{}/v1/ws",
+        server.base_url().replacen("http://", "ws://", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket handshake");
     let hello = serde_json::to_string(&ClientFrame::Hello {
         token: Some(token.to_owned()),
         since: None,
@@ -93,16 +101,31 @@ async fn reading_client_stays_connected_and_receives_messages_while_a_silent_one
     // Keep going for well over the idle timeout: the reading client is still there.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(metric(&http, OPEN).await, 1.0);
-    assert!(!reader.is_finished(), "the reading client was disconnected: {:?}", reader.await);
+    assert!(
+        !reader.is_finished(),
+        "the reading client was disconnected: {:?}",
+        reader.await
+    );
 
-    let sent = http.send(&alice.token, conv, Some("still"), "still there?").await.unwrap();
-    let got = tokio::time::timeout(WAIT, frames_rx.recv()).await.unwrap().unwrap();
-    match got {
-        ServerFrame::Message(m) => assert_eq!(m.message.id, sent.id),
-        other => panic!("expected the message, got {other:?}"),
+    let sent = http
+        .send(&alice.token, conv, Some("still"), "still there?")
+        .await
+        .unwrap();
+    loop {
+        let got = tokio::time::timeout(WAIT, frames_rx.recv())
+            .await
+            .expect("the reading client got no message")
+            .expect("the reading client stopped");
+        if let ServerFrame::Message(m) = got {
+            assert_eq!(m.message.id, sent.id);
+            break;
+        }
     }
     stop_tx.send(()).unwrap();
-    let mut ws = reader.await.unwrap().expect("the reading client stayed connected");
+    let mut ws = reader
+        .await
+        .unwrap()
+        .expect("the reading client stayed connected");
     ws.close().await.unwrap();
     poll_metric(&http, OPEN, CLEANUP, |v| v == 0.0).await;
     drop(silent);
@@ -114,7 +137,11 @@ async fn silent_client_is_cleaned_up_even_when_traffic_for_it_fills_its_socket()
     let http = server.http();
     let alice = user(&http, "alice").await;
     let mute = user(&http, "mute").await;
-    let room = http.create_group(&alice.token, "room", &[mute.id]).await.unwrap().id;
+    let room = http
+        .create_group(&alice.token, "room", &[mute.id])
+        .await
+        .unwrap()
+        .id;
     let silent = silent_client(&server, &mute.token).await;
     poll_metric(&http, OPEN, WAIT, |v| v == 1.0).await;
 

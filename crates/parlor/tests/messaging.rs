@@ -7,7 +7,7 @@
 mod support;
 
 use parlor_client::proto::rest::ConversationInfo;
-use parlor_client::proto::ws::{MessageEvent, ServerFrame};
+use parlor_client::proto::ws::{Ack, MessageEvent, ServerFrame};
 use parlor_client::proto::{ErrorCode, Id};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +19,22 @@ async fn group(http: &parlor_client::Http, owner: &User, members: &[&User]) -> C
     http.create_group(&owner.token, "room", &ids)
         .await
         .expect("create group")
+}
+
+/// On the sending connection: the ack of `cid` and the message event it produced, in
+/// whichever order they arrive (they travel separately: commit, and bus to hub to queue).
+async fn ack_and_event(ws: &mut parlor_client::WsClient, cid: &str) -> (Ack, MessageEvent) {
+    let mut ack = None;
+    let mut event = None;
+    while ack.is_none() || event.is_none() {
+        match frame(ws).await {
+            ServerFrame::Ack(a) if a.cid == cid => ack = Some(a),
+            ServerFrame::Message(m) if m.message.cid.as_deref() == Some(cid) => event = Some(m),
+            ServerFrame::Error(e) => panic!("unexpected error {e:?}"),
+            _ => {}
+        }
+    }
+    (ack.unwrap(), event.unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +51,11 @@ async fn ws_send_is_acknowledged_with_id_seq_pos_and_ts() {
     assert_eq!(first.conv, conv);
     assert_eq!(first.seq, 1);
     assert!(first.id.0 > 0);
-    assert!(first.pos > synced, "ack pos {:?} not after synced {synced:?}", first.pos);
+    assert!(
+        first.pos > synced,
+        "ack pos {:?} not after synced {synced:?}",
+        first.pos
+    );
     assert!(first.ts > 0);
     assert!(!first.duplicate);
 
@@ -54,7 +74,16 @@ async fn ws_send_is_acknowledged_with_id_seq_pos_and_ts() {
     let stored: Vec<_> = history
         .messages
         .iter()
-        .map(|m| (m.id, m.seq, m.ts, m.sender, m.text.as_str(), m.cid.as_deref()))
+        .map(|m| {
+            (
+                m.id,
+                m.seq,
+                m.ts,
+                m.sender,
+                m.text.as_str(),
+                m.cid.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(
         stored,
@@ -84,15 +113,17 @@ async fn message_reaches_every_device_of_every_member_including_the_senders_othe
     let (mut c1, _) = live(&server, &carol.token).await;
     let (mut o1, _) = live(&server, &outsider.token).await;
 
-    let acked = send(&mut a1, room, "from-a1", "hi all").await;
+    // On the sender's connection the message event may come before or after the ack.
+    a1.send_message(room, "from-a1", "hi all").await.unwrap();
+    let (acked, own) = ack_and_event(&mut a1, "from-a1").await;
+    assert_eq!(own.message.id, acked.id);
     for (name, ws) in [
-        ("alice device 1 (sender)", &mut a1),
         ("alice device 2", &mut a2),
         ("bob device 1", &mut b1),
         ("bob device 2", &mut b2),
         ("carol", &mut c1),
     ] {
-        let m = next_message(ws).await;
+        let m = next_message_for(ws, name).await;
         assert_eq!(m.message.id, acked.id, "{name}");
         assert_eq!(m.message.conv, room, "{name}");
         assert_eq!(m.message.seq, acked.seq, "{name}");
@@ -109,7 +140,11 @@ async fn message_reaches_every_device_of_every_member_including_the_senders_othe
 
     // The outsider got nothing of the group: the first message it sees is a later one
     // in its own direct conversation.
-    let direct = http.open_direct(&alice.token, outsider.id).await.unwrap().id;
+    let direct = http
+        .open_direct(&alice.token, outsider.id)
+        .await
+        .unwrap()
+        .id;
     let marker = send(&mut a1, direct, "marker", "just for you").await;
     let m = next_message(&mut o1).await;
     assert_eq!(m.message.id, marker.id, "outsider received a group message");
@@ -125,16 +160,7 @@ async fn sender_connection_receives_its_own_message_event_as_well_as_the_ack() {
     let (mut ws, _) = live(&server, &alice.token).await;
 
     ws.send_message(conv, "own", "echo me").await.unwrap();
-    let mut ack = None;
-    let mut event: Option<MessageEvent> = None;
-    while ack.is_none() || event.is_none() {
-        match frame(&mut ws).await {
-            ServerFrame::Ack(a) => ack = Some(a),
-            ServerFrame::Message(m) => event = Some(m),
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
-    let (ack, event) = (ack.unwrap(), event.unwrap());
+    let (ack, event) = ack_and_event(&mut ws, "own").await;
     assert_eq!(event.message.id, ack.id);
     assert_eq!(event.message.seq, ack.seq);
     assert_eq!(event.pos, ack.pos);
@@ -171,10 +197,7 @@ async fn rest_send_is_delivered_live_to_websocket_clients() {
 /// Asserts that `conv` holds exactly the given cids, in this order, with seq 1..n.
 async fn assert_history_cids(http: &parlor_client::Http, token: &str, conv: Id, cids: &[&str]) {
     let history = full_history(http, token, conv).await;
-    let got: Vec<(u64, Option<&str>)> = history
-        .iter()
-        .map(|m| (m.seq, m.cid.as_deref()))
-        .collect();
+    let got: Vec<(u64, Option<&str>)> = history.iter().map(|m| (m.seq, m.cid.as_deref())).collect();
     let want: Vec<(u64, Option<&str>)> = cids
         .iter()
         .enumerate()
@@ -199,7 +222,13 @@ async fn retried_ws_send_with_same_cid_returns_the_original_ack_and_stores_nothi
     assert!(retry.duplicate, "a retry must be flagged duplicate");
     assert_eq!(
         (retry.id, retry.seq, retry.pos, retry.ts, retry.conv),
-        (original.id, original.seq, original.pos, original.ts, original.conv)
+        (
+            original.id,
+            original.seq,
+            original.pos,
+            original.ts,
+            original.conv
+        )
     );
     // A retry from another connection of the same user is the same send.
     let (mut a2, _) = live(&server, &alice.token).await;
@@ -208,7 +237,10 @@ async fn retried_ws_send_with_same_cid_returns_the_original_ack_and_stores_nothi
     assert_eq!(retry2.id, original.id);
 
     let next = send(&mut a, conv, "other", "second").await;
-    assert_eq!(next.seq, 2, "the retries must not have used a sequence number");
+    assert_eq!(
+        next.seq, 2,
+        "the retries must not have used a sequence number"
+    );
 
     // Bob saw the message once: the next message event after it is the next send.
     let got = messages(&mut b, 2).await;
@@ -242,7 +274,10 @@ async fn retried_send_is_deduplicated_after_a_long_delay_and_much_traffic() {
     let (mut a, _) = live(&server, &alice.token).await;
     let retry = send(&mut a, conv, "early", "before the pause").await;
     assert!(retry.duplicate);
-    assert_eq!((retry.id, retry.seq, retry.pos), (original.id, 1, original.pos));
+    assert_eq!(
+        (retry.id, retry.seq, retry.pos),
+        (original.id, 1, original.pos)
+    );
     let last = send(&mut a, conv, "late", "after").await;
     assert_eq!(last.seq, 302);
     assert_eq!(full_history(&http, &bob.token, conv).await.len(), 302);
@@ -263,7 +298,7 @@ async fn retried_send_is_deduplicated_after_a_server_restart() {
         .unwrap();
     drop(a);
 
-    server.restart().expect("restart");
+    restart(&mut server);
     let http = server.http();
     let (mut a, _) = live(&server, &alice.token).await;
     let retry_ws = send(&mut a, conv, "ws-cid", "sent over ws").await;
@@ -289,7 +324,10 @@ async fn retried_send_is_deduplicated_after_a_server_restart() {
     let fresh = send(&mut a, conv, "new-cid", "after restart").await;
     assert!(!fresh.duplicate);
     assert_eq!(fresh.seq, 3);
-    assert!(fresh.id > over_rest.id, "ids keep increasing across a restart");
+    assert!(
+        fresh.id > over_rest.id,
+        "ids keep increasing across a restart"
+    );
     assert!(fresh.pos > over_rest.pos);
     assert_history_cids(&http, &bob.token, conv, &["ws-cid", "rest-cid", "new-cid"]).await;
 }
@@ -356,7 +394,10 @@ async fn snowflake_ids_increase_with_seq() {
     let mut all: Vec<_> = acks.values().collect();
     all.sort_by_key(|a| a.pos);
     for pair in all.windows(2) {
-        assert!(pair[0].id < pair[1].id, "id not increasing with pos: {pair:?}");
+        assert!(
+            pair[0].id < pair[1].id,
+            "id not increasing with pos: {pair:?}"
+        );
     }
     for c in [conv, other] {
         let mut in_conv: Vec<_> = acks.values().filter(|a| a.conv == c).collect();
@@ -364,7 +405,10 @@ async fn snowflake_ids_increase_with_seq() {
         let seqs: Vec<u64> = in_conv.iter().map(|a| a.seq).collect();
         assert_eq!(seqs, (1..=in_conv.len() as u64).collect::<Vec<_>>());
         for pair in in_conv.windows(2) {
-            assert!(pair[0].id < pair[1].id, "id not increasing with seq: {pair:?}");
+            assert!(
+                pair[0].id < pair[1].id,
+                "id not increasing with seq: {pair:?}"
+            );
         }
         // History agrees.
         let history = full_history(&http, &bob.token, c).await;
@@ -415,7 +459,12 @@ async fn text_of_exactly_16_kib_is_accepted_and_one_byte_more_is_message_too_lar
         .unwrap();
     assert_eq!(rest_ok.seq, 3);
     let err = http
-        .send(&alice.token, conv, Some("rest-over"), &"a".repeat(LIMIT + 1))
+        .send(
+            &alice.token,
+            conv,
+            Some("rest-over"),
+            &"a".repeat(LIMIT + 1),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::MessageTooLarge));
@@ -491,16 +540,25 @@ async fn concurrent_pipelined_senders_are_delivered_to_every_member_as_seq_1_to_
             start_line.wait().await;
             // As fast as possible: every send written before reading any ack.
             for k in 0..PER_SENDER {
-                ws.send_message(room, &format!("s{i}-{k:04}"), &format!("sender {i} message {k}"))
-                    .await
-                    .expect("send frame");
+                ws.send_message(
+                    room,
+                    &format!("s{i}-{k:04}"),
+                    &format!("sender {i} message {k}"),
+                )
+                .await
+                .expect("send frame");
             }
-            let mut seen = Seen { who, messages: Vec::new(), acks: Vec::new() };
+            let mut seen = Seen {
+                who,
+                messages: Vec::new(),
+                acks: Vec::new(),
+            };
             while seen.messages.len() < TOTAL || seen.acks.len() < PER_SENDER {
                 match frame(&mut ws).await {
                     ServerFrame::Message(m) => seen.messages.push(m),
                     ServerFrame::Ack(a) => seen.acks.push(a),
-                    other => panic!("{}: unexpected frame {other:?}", seen.who),
+                    ServerFrame::Error(e) => panic!("{}: error {e:?}", seen.who),
+                    _ => {}
                 }
             }
             seen
@@ -512,11 +570,16 @@ async fn concurrent_pipelined_senders_are_delivered_to_every_member_as_seq_1_to_
         let who = format!("receiver {i}");
         tasks.push(tokio::spawn(async move {
             start_line.wait().await;
-            let mut seen = Seen { who, messages: Vec::new(), acks: Vec::new() };
+            let mut seen = Seen {
+                who,
+                messages: Vec::new(),
+                acks: Vec::new(),
+            };
             while seen.messages.len() < TOTAL {
                 match frame(&mut ws).await {
                     ServerFrame::Message(m) => seen.messages.push(m),
-                    other => panic!("{}: unexpected frame {other:?}", seen.who),
+                    ServerFrame::Error(e) => panic!("{}: error {e:?}", seen.who),
+                    _ => {}
                 }
             }
             seen
@@ -527,27 +590,43 @@ async fn concurrent_pipelined_senders_are_delivered_to_every_member_as_seq_1_to_
         all.push(t.await.expect("connection task"));
     }
 
-    let sender_index: HashMap<Id, usize> = senders.iter().enumerate().map(|(i, u)| (u.id, i)).collect();
+    let sender_index: HashMap<Id, usize> =
+        senders.iter().enumerate().map(|(i, u)| (u.id, i)).collect();
     let reference: Vec<Id> = all[0].messages.iter().map(|m| m.message.id).collect();
     for seen in &all {
         let who = &seen.who;
         let seqs: Vec<u64> = seen.messages.iter().map(|m| m.message.seq).collect();
-        assert_eq!(seqs, (1..=TOTAL as u64).collect::<Vec<_>>(), "{who}: not seq 1..{TOTAL} in order");
+        assert_eq!(
+            seqs,
+            (1..=TOTAL as u64).collect::<Vec<_>>(),
+            "{who}: not seq 1..{TOTAL} in order"
+        );
         let ids: HashSet<Id> = seen.messages.iter().map(|m| m.message.id).collect();
         assert_eq!(ids.len(), TOTAL, "{who}: duplicate message ids");
-        assert!(seen.messages.iter().all(|m| m.message.conv == room), "{who}");
+        assert!(
+            seen.messages.iter().all(|m| m.message.conv == room),
+            "{who}"
+        );
         for pair in seen.messages.windows(2) {
             assert!(pair[0].pos < pair[1].pos, "{who}: pos not increasing");
         }
         // Every member saw the same stream.
         let stream: Vec<Id> = seen.messages.iter().map(|m| m.message.id).collect();
-        assert_eq!(stream, reference, "{who}: different order than {}", all[0].who);
+        assert_eq!(
+            stream, reference,
+            "{who}: different order than {}",
+            all[0].who
+        );
         // Each sender's messages keep their send order, with the right text.
         let mut next_k = vec![0usize; SENDERS];
         for m in &seen.messages {
             let i = sender_index[&m.message.sender];
             let k = next_k[i];
-            assert_eq!(m.message.cid.as_deref(), Some(format!("s{i}-{k:04}").as_str()), "{who}");
+            assert_eq!(
+                m.message.cid.as_deref(),
+                Some(format!("s{i}-{k:04}").as_str()),
+                "{who}"
+            );
             assert_eq!(m.message.text, format!("sender {i} message {k}"), "{who}");
             next_k[i] += 1;
         }
@@ -564,13 +643,23 @@ async fn concurrent_pipelined_senders_are_delivered_to_every_member_as_seq_1_to_
         let mut acks = seen.acks.clone();
         acks.sort_by(|a, b| a.cid.cmp(&b.cid));
         for pair in acks.windows(2) {
-            assert!(pair[0].seq < pair[1].seq, "{}: ack seqs out of send order", seen.who);
+            assert!(
+                pair[0].seq < pair[1].seq,
+                "{}: ack seqs out of send order",
+                seen.who
+            );
         }
         for a in &acks {
             let m = by_cid[a.cid.as_str()];
             assert!(!a.duplicate);
-            assert_eq!((a.id, a.seq, a.pos, a.ts), (m.message.id, m.message.seq, m.pos, m.message.ts));
+            assert_eq!(
+                (a.id, a.seq, a.pos, a.ts),
+                (m.message.id, m.message.seq, m.pos, m.message.ts)
+            );
         }
     }
-    assert_eq!(full_history(&http, &receivers[0].token, room).await.len(), TOTAL);
+    assert_eq!(
+        full_history(&http, &receivers[0].token, room).await.len(),
+        TOTAL
+    );
 }

@@ -86,6 +86,7 @@ pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Princi
         last_sent: 0,
         inflight: FuturesUnordered::new(),
         flood: 0,
+        write_timeout: Duration::from_secs(state.config.ws.idle_timeout_secs.max(1)),
     };
     let end = connection.serve(since).await;
     state.hub.unregister(principal.user, id);
@@ -116,12 +117,25 @@ struct Connection {
     inflight: FuturesUnordered<BoxFuture<Done>>,
     frames: Bucket,
     flood: u32,
+    /// Longest a single write to the client may block (the idle timeout).
+    write_timeout: Duration,
 }
 
 type Step = Result<(), End>;
 
-fn gone<T>(_: T) -> End {
-    End::ClientGone
+/// Bounds one write to the client. A write that cannot complete for `limit` means the
+/// client has read nothing for that long (it stopped reading, or vanished without a FIN):
+/// it is treated as gone. Without this bound such a client would block its connection
+/// task forever in the write, and the idle check in the loop would never run again.
+async fn bounded(limit: Duration, write: impl std::future::Future<Output = Result<(), axum::Error>>) -> Step {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::ClientGone),
+        Err(_) => {
+            tracing::debug!("write to client timed out, dropping the connection");
+            Err(End::ClientGone)
+        }
+    }
 }
 
 impl Connection {
@@ -168,7 +182,7 @@ impl Connection {
                     if last_heard.elapsed() > idle_timeout {
                         Err(End::Close(1001, "idle_timeout: no traffic from client".into()))
                     } else {
-                        self.socket.send(Message::Ping(Default::default())).await.map_err(gone)
+                        bounded(self.write_timeout, self.socket.send(Message::Ping(Default::default()))).await
                     }
                 }
             };
@@ -194,9 +208,9 @@ impl Connection {
                 if matches!(event.frame, ServerFrame::Message(_)) {
                     self.state.metrics.messages_delivered.inc();
                 }
-                self.socket.feed(Message::Text(text.into())).await.map_err(gone)?;
+                bounded(self.write_timeout, self.socket.feed(Message::Text(text.into()))).await?;
             }
-            self.socket.flush().await.map_err(gone)?;
+            bounded(self.write_timeout, self.socket.flush()).await?;
         }
         Ok(backlog.head.max(since))
     }
@@ -216,16 +230,16 @@ impl Connection {
                 if outgoing.is_message {
                     self.state.metrics.messages_delivered.inc();
                 }
-                self.socket.feed(Message::Text(outgoing.text)).await.map_err(gone)?;
+                bounded(self.write_timeout, self.socket.feed(Message::Text(outgoing.text))).await?;
             }
             next = self.registration.rx.try_recv().ok();
         }
-        self.socket.flush().await.map_err(gone)
+        bounded(self.write_timeout, self.socket.flush()).await
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Step {
         let text = serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal".into()))?;
-        self.socket.send(Message::Text(text.into())).await.map_err(gone)
+        bounded(self.write_timeout, self.socket.send(Message::Text(text.into()))).await
     }
 
     async fn write_error(&mut self, error: &Error, cid: Option<String>) -> Step {

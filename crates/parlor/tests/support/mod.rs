@@ -20,39 +20,30 @@ use std::time::Duration;
 /// two-core machine can be slow, and these bounds only exist to avoid hanging.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// Rate limits high enough that no test is throttled by the defaults, which are meant
-/// for real traffic from many addresses, not hundreds of users from 127.0.0.1.
-pub fn relaxed_rate_env() -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    for rule in [
-        "REGISTER_PER_IP",
-        "LOGIN_PER_IP",
-        "LOGIN_PER_USER",
-        "CONNECT_PER_IP",
-        "CONNECT_PER_USER",
-        "FRAMES_PER_CONNECTION",
-        "REST_PER_USER",
-    ] {
-        env.push((format!("PARLOR_RATE__{rule}__BURST"), "1000000".to_owned()));
-        env.push((format!("PARLOR_RATE__{rule}__PER_SECOND"), "1000000".to_owned()));
-    }
-    env
-}
-
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_parlor"))
 }
 
-/// Starts a server with relaxed rate limits plus the given configuration variables.
+/// Starts a server with the given configuration variables. The test kit relaxes the
+/// rate limits by default, so tests registering many users from 127.0.0.1 and pipelining
+/// thousands of frames are not throttled.
 pub fn start(env: &[(&str, &str)]) -> TestServer {
     let mut opts = ServerOptions::default();
-    for (k, v) in relaxed_rate_env() {
-        opts = opts.with_env(k, v);
-    }
     for (k, v) in env {
         opts = opts.with_env(*k, *v);
     }
-    TestServer::start(bin(), opts).expect("start parlor")
+    // Process start-up blocks briefly; keep the runtime's other worker free meanwhile.
+    tokio::task::block_in_place(|| TestServer::start(bin(), opts)).expect("start parlor")
+}
+
+/// Restarts on the same data directory (SIGKILL first if it still runs).
+pub fn restart(server: &mut TestServer) {
+    tokio::task::block_in_place(|| server.restart()).expect("restart parlor");
+}
+
+/// SIGKILL, and reap the process.
+pub fn kill(server: &mut TestServer) {
+    tokio::task::block_in_place(|| server.kill()).expect("kill parlor");
 }
 
 /// A registered, logged-in user (one device session).
@@ -65,7 +56,9 @@ pub struct User {
 
 pub async fn user(http: &Http, prefix: &str) -> User {
     let name = parlor_testkit::unique_name(prefix);
-    let (view, tokens) = parlor_testkit::user(http, &name).await.expect("create user");
+    let (view, tokens) = parlor_testkit::user(http, &name)
+        .await
+        .expect("create user");
     User {
         id: view.id,
         name,
@@ -113,20 +106,35 @@ pub async fn connect(
 pub async fn live(server: &TestServer, token: &str) -> (WsClient, Id) {
     let (ws, backlog, pos) = connect(server, token, None).await;
     assert!(
-        backlog.is_empty(),
-        "a connection without since must get synced first, got {backlog:?}"
+        !backlog.iter().any(is_state_event),
+        "a connection without since must get no backlog, got {backlog:?}"
     );
     (ws, pos)
 }
 
+/// Message, membership and read events: the synced state. Other frames (acks, errors,
+/// `synced`, and any ephemeral kind the protocol may add) are not.
+pub fn is_state_event(f: &ServerFrame) -> bool {
+    matches!(
+        f,
+        ServerFrame::Message(_) | ServerFrame::Member(_) | ServerFrame::Read(_)
+    )
+}
+
 pub async fn frame(ws: &mut WsClient) -> ServerFrame {
+    frame_for(ws, "client").await
+}
+
+/// Like [`frame`], naming the connection in the failure.
+pub async fn frame_for(ws: &mut WsClient, who: &str) -> ServerFrame {
     match ws.next_frame(WAIT).await {
         Ok(f) => f,
-        Err(e) => panic!("waiting for a frame: {e}"),
+        Err(e) => panic!("{who}: waiting for a frame: {e}"),
     }
 }
 
-/// Waits for the ack of `cid`, skipping other frames; an error frame for `cid` fails.
+/// Waits for the ack of `cid`, skipping (and dropping) other frames; an error frame fails.
+/// The sender's own `message` event may arrive before the ack and is then dropped too.
 pub async fn ack(ws: &mut WsClient, cid: &str) -> Ack {
     loop {
         match frame(ws).await {
@@ -159,8 +167,13 @@ pub async fn error_for(ws: &mut WsClient, cid: &str) -> ErrorFrame {
 
 /// The next `message` event, skipping other frames (acks, member and read events).
 pub async fn next_message(ws: &mut WsClient) -> MessageEvent {
+    next_message_for(ws, "client").await
+}
+
+/// Like [`next_message`], naming the connection in the failure.
+pub async fn next_message_for(ws: &mut WsClient, who: &str) -> MessageEvent {
     loop {
-        if let ServerFrame::Message(m) = frame(ws).await {
+        if let ServerFrame::Message(m) = frame_for(ws, who).await {
             return m;
         }
     }
