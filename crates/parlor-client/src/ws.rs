@@ -146,6 +146,9 @@ impl WsClient {
             cid: cid.to_owned(),
             conv,
             text: text.to_owned(),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
         })
         .await
     }

@@ -4,20 +4,61 @@
 
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::ports::{Backlog, BoxFuture, Store};
-use crate::rules;
-use parlor_proto::rest::{ConversationDetail, ConversationInfo, ConversationSummary, History, Role};
+use crate::ports::{Backlog, BoxFuture, Bus, Presence, Store};
+use crate::{rules, search};
+use parlor_proto::rest::{
+    Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, PresenceView,
+    Receipts, Role, SearchResults,
+};
+use parlor_proto::ws::{ServerFrame, TypingEvent};
 use parlor_proto::ErrorCode;
 use std::sync::Arc;
 
+/// A typing indicator disappears after this long unless renewed.
+pub const TYPING_TTL_MS: u64 = 5_000;
+/// Users per presence query.
+pub const MAX_PRESENCE_QUERY: usize = 200;
+/// Results per search page.
+pub const MAX_SEARCH_PAGE: u32 = 50;
+
+/// A message as the sender wrote it, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    pub cid: Option<String>,
+    pub text: String,
+    pub reply_to: Option<u64>,
+    pub mentions: Vec<UserId>,
+    pub mention_all: bool,
+}
+
+/// Search parameters as the caller gave them.
+#[derive(Debug, Clone, Default)]
+pub struct SearchRequest<'a> {
+    pub q: &'a str,
+    pub conv: Option<ConvId>,
+    pub sender: Option<UserId>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub cursor: Option<&'a str>,
+    pub limit: Option<u32>,
+}
+
 pub struct Chat {
     store: Arc<dyn Store>,
+    presence: Arc<dyn Presence>,
+    /// For ephemeral events (typing, presence) that are never stored.
+    bus: Arc<dyn Bus>,
     limits: Limits,
 }
 
 impl Chat {
-    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
-        Chat { store, limits }
+    pub fn new(store: Arc<dyn Store>, presence: Arc<dyn Presence>, bus: Arc<dyn Bus>, limits: Limits) -> Self {
+        Chat {
+            store,
+            presence,
+            bus,
+            limits,
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -30,23 +71,157 @@ impl Chat {
 
     /// Validates a send and hands it to the store at once, so that sends submitted one
     /// after another keep their order; the returned future resolves after the commit.
-    pub fn send(
-        &self,
-        sender: UserId,
-        conv: ConvId,
-        cid: Option<String>,
-        text: String,
-    ) -> Result<BoxFuture<Result<Appended>>> {
-        if let Some(cid) = &cid {
+    pub fn send(&self, sender: UserId, conv: ConvId, draft: Draft) -> Result<BoxFuture<Result<Appended>>> {
+        if let Some(cid) = &draft.cid {
             rules::client_id(cid)?;
         }
-        rules::message_text(&text, self.limits.max_text_bytes)?;
+        rules::message_text(&draft.text, self.limits.max_text_bytes)?;
+        let mut mentions = draft.mentions;
+        mentions.sort_unstable();
+        mentions.dedup();
+        if mentions.len() > rules::MAX_MENTIONS {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!("at most {} mentions per message", rules::MAX_MENTIONS),
+            ));
+        }
         Ok(self.store.append_message(NewMessage {
             conv,
             sender,
-            cid,
-            text,
+            cid: draft.cid,
+            text: draft.text,
+            reply_to: draft.reply_to,
+            mentions,
+            mention_all: draft.mention_all,
         }))
+    }
+
+    pub async fn edit(&self, actor: UserId, conv: ConvId, seq: u64, text: String) -> Result<MessageView> {
+        rules::message_text(&text, self.limits.max_text_bytes)?;
+        self.store.edit_message(actor, conv, seq, text).await
+    }
+
+    pub async fn delete(&self, actor: UserId, conv: ConvId, seq: u64) -> Result<()> {
+        self.store.delete_message(actor, conv, seq).await
+    }
+
+    pub async fn mark_delivered(&self, user: UserId, conv: ConvId, seq: u64) -> Result<u64> {
+        self.store.mark_delivered(user, conv, seq).await
+    }
+
+    pub async fn receipts(&self, viewer: UserId, conv: ConvId) -> Result<Receipts> {
+        self.store.receipts(viewer, conv).await
+    }
+
+    /// Tells the other members' connected devices; nothing is stored.
+    pub async fn typing(&self, user: UserId, conv: ConvId, typing: bool) -> Result<()> {
+        let members = self.store.members(conv).await?;
+        if !members.contains(&user) {
+            return Err(Error::not_member());
+        }
+        let recipients: Arc<[UserId]> = members.iter().copied().filter(|m| *m != user).collect();
+        self.publish_ephemeral(
+            recipients,
+            ServerFrame::Typing(TypingEvent {
+                conv,
+                user,
+                typing,
+                expires_in_ms: TYPING_TTL_MS,
+            }),
+        );
+        Ok(())
+    }
+
+    fn publish_ephemeral(&self, recipients: Arc<[UserId]>, frame: ServerFrame) {
+        self.bus.publish(Arc::from(vec![Event {
+            pos: 0,
+            recipients,
+            frame,
+        }]));
+    }
+
+    /// Presence changes go to everyone who shares a conversation with the user, and to
+    /// the user's own devices.
+    async fn announce(&self, view: PresenceView) -> Result<()> {
+        let mut recipients = self.store.contacts(view.user).await?;
+        recipients.push(view.user);
+        self.publish_ephemeral(recipients.into(), ServerFrame::Presence(view));
+        Ok(())
+    }
+
+    pub async fn device_connected(&self, user: UserId) -> Result<()> {
+        if let Some(view) = self.presence.connect(user).await? {
+            self.announce(view).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn device_disconnected(&self, user: UserId, now_ms: i64) -> Result<()> {
+        self.presence.disconnect(user, now_ms).await
+    }
+
+    /// Called periodically: users whose grace period ended go offline, with a stored
+    /// last-seen time.
+    pub async fn expire_presence(&self, now_ms: i64) -> Result<()> {
+        for view in self.presence.expire(now_ms).await? {
+            self.store.set_last_seen(view.user, view.last_seen.unwrap_or(now_ms)).await?;
+            self.announce(view).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_status(&self, user: UserId, status: Availability, text: Option<String>) -> Result<PresenceView> {
+        let view = self.presence.set_status(user, status, text).await?;
+        self.announce(view.clone()).await?;
+        Ok(view)
+    }
+
+    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<PresenceView>> {
+        if users.is_empty() || users.len() > MAX_PRESENCE_QUERY {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!("ask for 1 to {MAX_PRESENCE_QUERY} users"),
+            ));
+        }
+        let mut out = Vec::with_capacity(users.len());
+        for &user in users {
+            let mut view = self.presence.get(user).await?;
+            if !view.online && view.last_seen.is_none() {
+                view.last_seen = self.store.last_seen(user).await?;
+            }
+            out.push(view);
+        }
+        Ok(out)
+    }
+
+    pub async fn search(&self, viewer: UserId, request: SearchRequest<'_>) -> Result<SearchResults> {
+        let query = search::parse_query(request.q)?;
+        let limit = rules::page_limit(request.limit, MAX_SEARCH_PAGE)?;
+        let offset = match request.cursor {
+            None => 0,
+            Some(cursor) => cursor
+                .parse::<u32>()
+                .map_err(|_| Error::new(ErrorCode::InvalidPagination, "invalid search cursor"))?,
+        };
+        if let (Some(from), Some(to)) = (request.from, request.to) {
+            if from > to {
+                return Err(Error::new(ErrorCode::InvalidPagination, "from is after to"));
+            }
+        }
+        self.store
+            .search(
+                viewer,
+                SearchQuery {
+                    query,
+                    conv: request.conv,
+                    sender: request.sender,
+                    from: request.from,
+                    to: request.to,
+                    offset,
+                    limit: limit.min(self.limits.search_candidates),
+                },
+            )
+            .await
     }
 
     pub async fn open_direct(&self, me: UserId, other: UserId) -> Result<(ConversationInfo, bool)> {

@@ -28,6 +28,26 @@ pub struct NewMessage {
     pub sender: UserId,
     pub cid: Option<String>,
     pub text: String,
+    /// Sequence number of the replied-to message, checked to exist in `conv`.
+    pub reply_to: Option<u64>,
+    /// Mentioned users, checked to be members; sorted and deduplicated.
+    pub mentions: Vec<UserId>,
+    /// `@all`, groups only.
+    pub mention_all: bool,
+}
+
+/// A full-text query with its filters, already validated.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    pub query: crate::search::Query,
+    pub conv: Option<ConvId>,
+    pub sender: Option<UserId>,
+    /// Inclusive bounds on the message time, milliseconds since the Unix epoch.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// Results to skip (decoded from the opaque cursor).
+    pub offset: u32,
+    pub limit: u32,
 }
 
 /// What the store returns once a message is committed (or was committed before, for a
@@ -103,6 +123,8 @@ pub enum RefreshOutcome {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_text_bytes: usize,
+    /// Most recent matches considered by a search before ranking; bounds its cost.
+    pub search_candidates: u32,
     pub member_limit: u32,
     pub history_max_page: u32,
     pub sync_page: u32,
@@ -112,6 +134,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_text_bytes: 16 * 1024,
+            search_candidates: 2000,
             member_limit: 1000,
             history_max_page: 200,
             sync_page: 1000,

@@ -5,7 +5,10 @@ use crate::error::Result;
 use crate::model::*;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
-use parlor_proto::rest::{ConversationDetail, ConversationInfo, ConversationSummary, History, UserView};
+use parlor_proto::rest::{
+    Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, PresenceView,
+    Receipts, SearchResults, UserView,
+};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -92,6 +95,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest committed position.
     async fn head(&self) -> Result<u64>;
+
+    /// Replaces the text of a message; only its sender may. The message keeps its `seq`;
+    /// an `edited` event with a new position reaches members live and through sync.
+    async fn edit_message(&self, actor: UserId, conv: ConvId, seq: u64, text: String) -> Result<MessageView>;
+    /// Deletes a message (its sender, or an owner or admin of the group): the text is
+    /// removed from the store and the search index; a tombstone keeps the `seq`.
+    async fn delete_message(&self, actor: UserId, conv: ConvId, seq: u64) -> Result<()>;
+    /// Moves the user's delivered marker forward; publishes a live `delivered` event.
+    async fn mark_delivered(&self, user: UserId, conv: ConvId, seq: u64) -> Result<u64>;
+    /// Every member's delivered and read markers, for a current member.
+    async fn receipts(&self, viewer: UserId, conv: ConvId) -> Result<Receipts>;
+    /// Current members of a conversation (cheap: cached).
+    async fn members(&self, conv: ConvId) -> Result<Arc<[UserId]>>;
+    /// Everyone who currently shares a conversation with `user` (not `user`).
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>>;
+    async fn set_last_seen(&self, user: UserId, at_ms: i64) -> Result<()>;
+    async fn last_seen(&self, user: UserId) -> Result<Option<i64>>;
+    /// Full-text search over the messages `viewer` may read (current conversations, and
+    /// former ones up to when they left). May lag commits by a few milliseconds.
+    async fn search(&self, viewer: UserId, query: SearchQuery) -> Result<SearchResults>;
+}
+
+/// Who is online. Ephemeral: a restart forgets it (last-seen times are stored).
+///
+/// Guarantee: a user is online while any device is connected and for the grace period
+/// after the last one disconnects; `expire` reports each transition to offline once.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// A device connected; the new presence if the user just came online.
+    async fn connect(&self, user: UserId) -> Result<Option<PresenceView>>;
+    async fn disconnect(&self, user: UserId, now_ms: i64) -> Result<()>;
+    /// Users whose grace period ended by `now_ms`.
+    async fn expire(&self, now_ms: i64) -> Result<Vec<PresenceView>>;
+    async fn set_status(&self, user: UserId, status: Availability, text: Option<String>) -> Result<PresenceView>;
+    /// Presence as far as this port knows; `last_seen` may be missing for users it has
+    /// not seen since it started.
+    async fn get(&self, user: UserId) -> Result<PresenceView>;
 }
 
 /// A user's missed events, see [`Store::backlog`].

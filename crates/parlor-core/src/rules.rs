@@ -52,6 +52,9 @@ pub fn message_text(text: &str, max_bytes: usize) -> Result<()> {
     Ok(())
 }
 
+/// Mentions per message.
+pub const MAX_MENTIONS: usize = 100;
+
 /// Client message ids: 1 to 64 printable ASCII characters.
 pub fn client_id(cid: &str) -> Result<()> {
     if (1..=64).contains(&cid.len()) && cid.bytes().all(|b| (0x21..=0x7e).contains(&b)) {

@@ -141,6 +141,21 @@ pub struct MessageView {
     /// The sender's client message id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
+    /// Sequence number of the message this one replies to (same conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    /// Members mentioned by the sender.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Id>,
+    /// `@all`: every member of the group is mentioned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_all: bool,
+    /// Set when the text was edited (milliseconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<i64>,
+    /// A tombstone: the text is gone, the sequence number stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +163,17 @@ pub struct SendRequest {
     /// Client message id; strongly recommended so that retries are safe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Id>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mention_all: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditRequest {
     pub text: String,
 }
 
@@ -196,4 +222,56 @@ pub struct PresenceView {
     /// When the user was last connected; absent while online or if never seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    pub status: Availability,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceList {
+    pub presence: Vec<PresenceView>,
+}
+
+/// How far one member has received and read a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub user: Id,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipts {
+    pub conv: Id,
+    pub last_seq: u64,
+    pub receipts: Vec<Receipt>,
+    /// For each of the newest messages (up to 50): how many other members have read it.
+    pub read_counts: Vec<SeqCount>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqCount {
+    pub seq: u64,
+    pub read_by: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub message: MessageView,
+    /// An excerpt of the text around the first match.
+    pub snippet: String,
+    /// Matched ranges in `snippet`, as `[start, end)` character offsets.
+    pub highlights: Vec<(usize, usize)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchResults {
+    pub results: Vec<SearchHit>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }

@@ -24,9 +24,44 @@ pub enum ClientFrame {
     },
     /// Send a text message. `cid` is the client message id: a retry with the same `cid`
     /// returns the original acknowledgement and never creates a second message.
-    Send { cid: String, conv: Id, text: String },
+    Send {
+        cid: String,
+        conv: Id,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        mentions: Vec<Id>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        mention_all: bool,
+    },
     /// Mark a conversation read up to `seq` (never moves backwards).
     Read { conv: Id, seq: u64 },
+    /// This device has received the conversation up to `seq`.
+    Delivered { conv: Id, seq: u64 },
+    /// Replace the text of one's own message.
+    Edit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+        conv: Id,
+        seq: u64,
+        text: String,
+    },
+    /// Delete one's own message (owners and admins: any message of their group).
+    Delete {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+        conv: Id,
+        seq: u64,
+    },
+    /// Started (`true`) or stopped (`false`) typing in a conversation. Expires by itself.
+    Typing { conv: Id, typing: bool },
+    /// Set one's availability and status text.
+    Status {
+        status: crate::rest::Availability,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
 }
 
 /// Frames the server sends.
@@ -37,8 +72,18 @@ pub enum ServerFrame {
     Message(MessageEvent),
     /// A membership change in a conversation the user belongs to or just left.
     Member(MemberEvent),
-    /// The user's read marker moved (from any of their devices).
+    /// A member's read marker moved (the user's own, from any device, or another member's).
     Read(ReadEvent),
+    /// A message's text was replaced.
+    Edited(EditedEvent),
+    /// A message was deleted; its sequence number stays as a tombstone.
+    Deleted(DeletedEvent),
+    /// A member's device received the conversation up to `seq` (live only).
+    Delivered(DeliveredEvent),
+    /// Someone in a shared conversation is typing (live only, never stored).
+    Typing(TypingEvent),
+    /// Someone one shares a conversation with came online, went offline or changed status.
+    Presence(crate::rest::PresenceView),
     /// Everything missed since `hello.since` has been sent; live events follow.
     /// `pos` is the position to present next time if no newer event arrives.
     Synced { pos: Id },
@@ -93,6 +138,43 @@ pub struct ReadEvent {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditedEvent {
+    pub pos: Id,
+    pub conv: Id,
+    pub seq: u64,
+    pub id: Id,
+    pub text: String,
+    pub edited_at: i64,
+    pub by: Id,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedEvent {
+    pub pos: Id,
+    pub conv: Id,
+    pub seq: u64,
+    pub id: Id,
+    pub by: Id,
+    pub ts: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredEvent {
+    pub conv: Id,
+    pub user: Id,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingEvent {
+    pub conv: Id,
+    pub user: Id,
+    pub typing: bool,
+    /// The indicator disappears after this long unless renewed.
+    pub expires_in_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub cid: String,
     pub conv: Id,
@@ -130,7 +212,10 @@ mod tests {
             ClientFrame::Send {
                 cid: "a1".into(),
                 conv: Id(7),
-                text: "hi".into()
+                text: "hi".into(),
+                reply_to: None,
+                mentions: vec![],
+                mention_all: false,
             }
         );
         let hello: ClientFrame = serde_json::from_str(r#"{"type":"hello"}"#)

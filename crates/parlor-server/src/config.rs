@@ -29,6 +29,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub ws: WsConfig,
+    pub presence: PresenceConfig,
     pub rate: RateConfig,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
@@ -66,6 +67,8 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Largest REST request body.
     pub max_body_bytes: usize,
+    /// Newest matches a search ranks by relevance (bounds the cost of common words).
+    pub search_candidates: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +82,25 @@ pub struct WsConfig {
     pub outbox: usize,
     /// Sends of one connection waiting for their commit at the same time.
     pub max_inflight: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// A user stays online this long after their last device disconnects, so that a
+    /// quick reconnect does not flicker.
+    pub grace_secs: u64,
+    /// How often offline transitions are checked (and so announced).
+    pub tick_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            grace_secs: 5,
+            tick_ms: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -108,6 +130,10 @@ pub struct RateConfig {
     /// Frames of one WebSocket connection (sends, reads, anything).
     pub frames_per_connection: Rule,
     pub rest_per_user: Rule,
+    /// Typing notifications per user and conversation.
+    pub typing_per_conversation: Rule,
+    /// Search queries per user.
+    pub search_per_user: Rule,
 }
 
 impl Default for Config {
@@ -122,6 +148,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             ws: WsConfig::default(),
+            presence: PresenceConfig::default(),
             rate: RateConfig::default(),
             log_format: "text".into(),
             admin_token: None,
@@ -152,6 +179,7 @@ impl Default for LimitsConfig {
             sync_page: 1000,
             max_frame_bytes: 128 * 1024,
             max_body_bytes: 1024 * 1024,
+            search_candidates: 2000,
         }
     }
 }
@@ -179,6 +207,8 @@ impl Default for RateConfig {
             connect_per_user: rule(30, 5.0),
             frames_per_connection: rule(200, 100.0),
             rest_per_user: rule(100, 50.0),
+            typing_per_conversation: rule(5, 1.0),
+            search_per_user: rule(20, 5.0),
         }
     }
 }
@@ -236,6 +266,7 @@ impl Config {
             member_limit: self.limits.member_limit,
             history_max_page: self.limits.history_max_page,
             sync_page: self.limits.sync_page,
+            search_candidates: self.limits.search_candidates,
         }
     }
 }
@@ -253,6 +284,8 @@ fn fill_rate_defaults(table: &mut toml::Table) {
         ("connect_per_user", d.connect_per_user),
         ("frames_per_connection", d.frames_per_connection),
         ("rest_per_user", d.rest_per_user),
+        ("typing_per_conversation", d.typing_per_conversation),
+        ("search_per_user", d.search_per_user),
     ];
     for (name, rule) in rules {
         if let Some(toml::Value::Table(t)) = rate.get_mut(name) {

@@ -27,9 +27,9 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Inner};
-use parlor_core::ports::{Bus, RateLimiter, Store};
+use parlor_core::ports::{Bus, Presence, RateLimiter, Store};
 use parlor_core::Chat;
-use parlor_embedded::{Durability, InProcessBus, MemoryRateLimiter, SqliteStore, StoreOptions};
+use parlor_embedded::{Durability, InProcessBus, MemoryPresence, MemoryRateLimiter, SqliteStore, StoreOptions};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -66,6 +66,7 @@ pub async fn run(
         StoreOptions {
             machine_id: config.machine_id,
             durability,
+            search_candidates: config.limits.search_candidates,
             ..StoreOptions::new(&config.data_dir)
         },
         Arc::clone(&bus),
@@ -79,9 +80,10 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let store_port: Arc<dyn Store> = store.clone();
+    let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new((config.presence.grace_secs * 1000) as i64));
     let state = AppState {
         inner: Arc::new(Inner {
-            chat: Chat::new(store_port, config.limits()),
+            chat: Chat::new(store_port, presence, Arc::clone(&bus), config.limits()),
             auth,
             hub,
             limiter,
@@ -92,6 +94,7 @@ pub async fn run(
             config: config.clone(),
         }),
     };
+    let presence_ticker = tokio::spawn(expire_presence(state.clone()));
     let app = http::router(state.clone()).into_make_service_with_connect_info::<tls::ClientAddr>();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -130,8 +133,21 @@ pub async fn run(
         let notified = state.connections_closed.notified();
         let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
     }
+    presence_ticker.abort();
     store.close().await;
     dispatcher.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Announces users whose grace period has ended as offline, once per tick.
+async fn expire_presence(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_millis(state.config.presence.tick_ms.max(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.chat.expire_presence(now_ms()).await {
+            tracing::warn!(error = %e, "presence expiry failed");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 mod codec;
 mod reader;
 mod schema;
+mod search_index;
 mod writer;
 
 use async_trait::async_trait;
@@ -14,7 +15,10 @@ use parking_lot::RwLock;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
 use parlor_core::ports::{Backlog, BoxFuture, Bus, Store};
-use parlor_proto::rest::{ConversationDetail, ConversationInfo, ConversationSummary, History, UserView};
+use parlor_proto::rest::{
+    ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, Receipts, SearchResults, UserView,
+};
+use search_index::SearchIndex;
 use parlor_proto::{ErrorCode, Id};
 use reader::{db_err, user_view, BacklogState, ReadPool};
 use rusqlite::{Connection, OptionalExtension};
@@ -45,6 +49,8 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// Queued writes beyond this are refused with `unavailable` (back-pressure).
     pub write_queue: usize,
+    /// Newest matches a search ranks (see `Limits::search_candidates`).
+    pub search_candidates: u32,
 }
 
 impl StoreOptions {
@@ -54,6 +60,7 @@ impl StoreOptions {
             machine_id: 0,
             durability: Durability::Process,
             write_queue: 65_536,
+            search_candidates: 2000,
         }
     }
 }
@@ -61,6 +68,8 @@ impl StoreOptions {
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     reads: Arc<ReadPool>,
+    search: Arc<SearchIndex>,
+    search_candidates: u32,
     shared: Arc<Shared>,
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -104,8 +113,10 @@ impl SqliteStore {
         let shared = Arc::new(Shared {
             head: AtomicU64::new(0),
             revoked: RwLock::new(revoked),
+            members: RwLock::new(std::collections::HashMap::new()),
         });
-        let writer = Writer::new(conn, options.machine_id, Arc::clone(&shared), bus)
+        let search = SearchIndex::open(&options.data_dir, &conn)?;
+        let writer = Writer::new(conn, options.machine_id, Arc::clone(&shared), bus, Some(Arc::clone(&search)))
             .map_err(|e| anyhow::anyhow!(format!("cannot start writer: {e}")))?;
         let (tx, rx) = mpsc::channel(options.write_queue.max(1));
         let handle = std::thread::Builder::new()
@@ -115,6 +126,8 @@ impl SqliteStore {
         Ok(SqliteStore {
             commands: tx,
             reads: Arc::new(ReadPool::new(path)),
+            search,
+            search_candidates: options.search_candidates,
             shared,
             writer: parking_lot::Mutex::new(Some(handle)),
         })
@@ -302,5 +315,64 @@ impl Store for SqliteStore {
 
     async fn head(&self) -> Result<u64> {
         Ok(self.shared.head.load(Ordering::Acquire))
+    }
+
+    async fn edit_message(&self, actor: UserId, conv: ConvId, seq: u64, text: String) -> Result<MessageView> {
+        self.call(|reply| Command::Edit {
+            actor,
+            conv,
+            seq,
+            text,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete_message(&self, actor: UserId, conv: ConvId, seq: u64) -> Result<()> {
+        self.call(|reply| Command::Delete { actor, conv, seq, reply }).await
+    }
+
+    async fn mark_delivered(&self, user: UserId, conv: ConvId, seq: u64) -> Result<u64> {
+        self.call(|reply| Command::Delivered { user, conv, seq, reply }).await
+    }
+
+    async fn receipts(&self, viewer: UserId, conv: ConvId) -> Result<Receipts> {
+        self.reads.run(move |conn| reader::receipts(conn, viewer, conv)).await
+    }
+
+    async fn members(&self, conv: ConvId) -> Result<Arc<[UserId]>> {
+        if let Some(members) = self.shared.members.read().get(&conv) {
+            return Ok(Arc::clone(members));
+        }
+        self.reads.run(move |conn| reader::members(conn, conv)).await
+    }
+
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
+        self.reads.run(move |conn| reader::contacts(conn, user)).await
+    }
+
+    async fn set_last_seen(&self, user: UserId, at_ms: i64) -> Result<()> {
+        self.call(|reply| Command::SetLastSeen { user, at: at_ms, reply }).await
+    }
+
+    async fn last_seen(&self, user: UserId) -> Result<Option<i64>> {
+        self.reads.run(move |conn| reader::last_seen(conn, user)).await
+    }
+
+    async fn search(&self, viewer: UserId, query: SearchQuery) -> Result<SearchResults> {
+        let search = Arc::clone(&self.search);
+        let candidates = self.search_candidates;
+        self.reads
+            .run(move |conn| {
+                let visible = reader::searchable(conn, viewer, query.conv)?;
+                if visible.is_empty() {
+                    return Ok(SearchResults {
+                        results: Vec::new(),
+                        next_cursor: None,
+                    });
+                }
+                search.with_reader(|index| reader::search(conn, index, &visible, &query, candidates))
+            })
+            .await
     }
 }

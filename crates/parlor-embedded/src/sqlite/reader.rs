@@ -7,9 +7,9 @@ use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
 use parlor_proto::rest::{
     ConversationDetail, ConversationInfo, ConversationKind, ConversationSummary, History, MemberView,
-    MessageView, UserView,
+    MessageView, Receipt, Receipts, SearchHit, SearchResults, SeqCount, UserView,
 };
-use parlor_proto::ws::{MemberEvent, MessageEvent, ReadEvent, ServerFrame};
+use parlor_proto::ws::{DeletedEvent, EditedEvent, MemberEvent, MessageEvent, ReadEvent, ServerFrame};
 use parlor_proto::Id;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::collections::VecDeque;
@@ -82,9 +82,11 @@ pub fn user_view(row: &Row<'_>) -> rusqlite::Result<UserView> {
     })
 }
 
-const MESSAGE_COLUMNS: &str = "conv_id, seq, id, sender, body, created_at, cid, pos";
+const MESSAGE_COLUMNS: &str =
+    "conv_id, seq, id, sender, body, created_at, cid, pos, reply_to, mentions, mention_all, edited_at, deleted";
 
 fn message_view(row: &Row<'_>) -> rusqlite::Result<MessageView> {
+    let mentions: Option<String> = row.get(9)?;
     Ok(MessageView {
         conv: id(row, 0)?,
         seq: row.get::<_, i64>(1)? as u64,
@@ -93,7 +95,22 @@ fn message_view(row: &Row<'_>) -> rusqlite::Result<MessageView> {
         text: row.get(4)?,
         ts: row.get(5)?,
         cid: row.get(6)?,
+        reply_to: row.get::<_, Option<i64>>(8)?.map(|r| r as u64),
+        mentions: mentions
+            .iter()
+            .flat_map(|m| m.split(' '))
+            .filter_map(|u| u.parse().ok())
+            .collect(),
+        mention_all: row.get(10)?,
+        edited_at: row.get(11)?,
+        deleted: row.get(12)?,
     })
+}
+
+pub fn message_by_seq(conn: &Connection, conv: ConvId, seq: u64) -> Result<Option<MessageView>> {
+    conn.prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND seq = ?2"))
+        .and_then(|mut s| s.query_row(params![conv.0 as i64, seq as i64], message_view).optional())
+        .map_err(db_err)
 }
 
 fn conversation_info(conn: &Connection, conv: ConvId) -> Result<Option<ConversationInfo>> {
@@ -397,6 +414,13 @@ fn load_backlog_sources(conn: &Connection, user: UserId, since: u64, head: u64) 
              WHERE conv_id = ?1 AND pos > ?2 AND pos <= ?3 ORDER BY pos",
         )
         .map_err(db_err)?;
+    let mut change_stmt = conn
+        .prepare_cached(
+            "SELECT c.pos, c.seq, c.kind, c.actor, c.created_at, m.id, m.body, m.edited_at
+             FROM message_changes c JOIN messages m ON m.conv_id = c.conv_id AND m.seq = c.seq
+             WHERE c.conv_id = ?1 AND c.pos > ?2 AND c.pos <= ?3 ORDER BY c.pos",
+        )
+        .map_err(db_err)?;
     for (conv, joined_pos, left_pos, read_pos, read_seq) in memberships {
         let upper = left_pos.unwrap_or(u64::MAX).min(head);
         // Events from before this membership began are history, not backlog.
@@ -425,6 +449,39 @@ fn load_backlog_sources(conn: &Connection, user: UserId, since: u64, head: u64) 
                 recipients: Arc::from(Vec::new()),
                 frame: ServerFrame::Member(event),
             });
+        }
+        let changes = change_stmt
+            .query_map(params![conv, lower as i64, upper as i64], |r| {
+                let pos = r.get::<_, i64>(0)? as u64;
+                let frame = if r.get::<_, i64>(2)? == 0 {
+                    ServerFrame::Edited(EditedEvent {
+                        pos: Id(pos),
+                        conv: info.id,
+                        seq: r.get::<_, i64>(1)? as u64,
+                        id: id(r, 5)?,
+                        text: r.get(6)?,
+                        edited_at: r.get::<_, Option<i64>>(7)?.unwrap_or(r.get(4)?),
+                        by: id(r, 3)?,
+                    })
+                } else {
+                    ServerFrame::Deleted(DeletedEvent {
+                        pos: Id(pos),
+                        conv: info.id,
+                        seq: r.get::<_, i64>(1)? as u64,
+                        id: id(r, 5)?,
+                        by: id(r, 3)?,
+                        ts: r.get(4)?,
+                    })
+                };
+                Ok(Event {
+                    pos,
+                    recipients: Arc::from(Vec::new()),
+                    frame,
+                })
+            })
+            .map_err(db_err)?;
+        for change in changes {
+            other.push(change.map_err(db_err)?);
         }
         if left_pos.is_none() && read_pos > since && read_pos <= head {
             other.push(Event {
@@ -475,4 +532,197 @@ fn fetch_chunks(conn: &Connection, wanted: &[(usize, i64, u64, u64)], chunk: u32
         out.push((index, rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?));
     }
     Ok(out)
+}
+
+pub fn receipts(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<Receipts> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT user_id, delivered_seq, read_seq FROM members WHERE conv_id = ?1 AND left_pos IS NULL ORDER BY user_id",
+        )
+        .map_err(db_err)?;
+    let receipts = stmt
+        .query_map([conv.0 as i64], |r| {
+            Ok(Receipt {
+                user: id(r, 0)?,
+                delivered_seq: r.get::<_, i64>(1)? as u64,
+                read_seq: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    if !receipts.iter().any(|r| r.user == viewer) {
+        return Err(match conversation_info(conn, conv)? {
+            Some(_) => Error::not_member(),
+            None => Error::not_found("conversation not found"),
+        });
+    }
+    let last_seq: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conv_id = ?1")
+        .and_then(|mut s| s.query_row([conv.0 as i64], |r| r.get(0)))
+        .map_err(db_err)?;
+    let last_seq = last_seq as u64;
+    // "Read by N": for each of the newest messages, the other members whose marker is at
+    // or past it (the sender's own marker does not count).
+    let mut senders = conn
+        .prepare_cached("SELECT seq, sender FROM messages WHERE conv_id = ?1 AND seq > ?2 ORDER BY seq")
+        .map_err(db_err)?;
+    let read_counts = senders
+        .query_map(params![conv.0 as i64, last_seq.saturating_sub(50) as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, id(r, 1)?))
+        })
+        .map_err(db_err)?
+        .map(|row| {
+            row.map(|(seq, sender)| SeqCount {
+                seq,
+                read_by: receipts.iter().filter(|r| r.user != sender && r.read_seq >= seq).count() as u32,
+            })
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    Ok(Receipts {
+        conv,
+        last_seq,
+        receipts,
+        read_counts,
+    })
+}
+
+pub fn members(conn: &Connection, conv: ConvId) -> Result<Arc<[UserId]>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT user_id FROM members WHERE conv_id = ?1 AND left_pos IS NULL ORDER BY user_id")
+        .map_err(db_err)?;
+    let users = stmt
+        .query_map([conv.0 as i64], |r| id(r, 0))
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    if users.is_empty() && conversation_info(conn, conv)?.is_none() {
+        return Err(Error::not_found("conversation not found"));
+    }
+    Ok(users.into())
+}
+
+pub fn contacts(conn: &Connection, user: UserId) -> Result<Vec<UserId>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT DISTINCT other.user_id FROM members mine
+             JOIN members other ON other.conv_id = mine.conv_id
+             WHERE mine.user_id = ?1 AND mine.left_pos IS NULL AND other.left_pos IS NULL AND other.user_id != ?1",
+        )
+        .map_err(db_err)?;
+    let users = stmt
+        .query_map([user.0 as i64], |r| id(r, 0))
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err);
+    users
+}
+
+pub fn last_seen(conn: &Connection, user: UserId) -> Result<Option<i64>> {
+    conn.prepare_cached("SELECT last_seen FROM users WHERE id = ?1")
+        .and_then(|mut s| s.query_row([user.0 as i64], |r| r.get::<_, Option<i64>>(0)).optional())
+        .map(Option::flatten)
+        .map_err(db_err)
+}
+
+/// Conversations the viewer may search, with the last `seq` they may read (`None`: all).
+pub fn searchable(conn: &Connection, viewer: UserId, only: Option<ConvId>) -> Result<Vec<(i64, Option<u64>)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT conv_id, left_seq FROM members WHERE user_id = ?1")
+        .map_err(db_err)?;
+    let all = stmt
+        .query_map([viewer.0 as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?.map(|s| s as u64))))
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    match only {
+        None => Ok(all),
+        Some(conv) => {
+            let visible: Vec<_> = all.into_iter().filter(|(c, _)| *c == conv.0 as i64).collect();
+            if visible.is_empty() {
+                return Err(match conversation_info(conn, conv)? {
+                    Some(_) => Error::not_member(),
+                    None => Error::not_found("conversation not found"),
+                });
+            }
+            Ok(visible)
+        }
+    }
+}
+
+/// Runs the ranked query on the index, then reads the hits' current rows from the store.
+pub fn search(
+    main: &Connection,
+    index: &Connection,
+    visible: &[(i64, Option<u64>)],
+    query: &SearchQuery,
+    candidates: u32,
+) -> Result<SearchResults> {
+    let bounds: std::collections::HashMap<i64, Option<u64>> = visible.iter().copied().collect();
+    let conv_list = format!(
+        "[{}]",
+        visible.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>().join(",")
+    );
+    // The newest `candidates` visible matches are ranked by BM25; ranking every match of
+    // a common word over millions of rows would be unbounded work.
+    let mut stmt = index
+        .prepare_cached(
+            "SELECT conv_id, seq, score FROM (
+                 SELECT conv_id, seq, bm25(message_fts) AS score, rowid AS id FROM message_fts
+                 WHERE message_fts MATCH ?1
+                   AND conv_id IN (SELECT value FROM json_each(?2))
+                   AND (?3 IS NULL OR sender = ?3)
+                   AND (?4 IS NULL OR ts >= ?4)
+                   AND (?5 IS NULL OR ts <= ?5)
+                 ORDER BY rowid DESC LIMIT ?6
+             ) ORDER BY score, id DESC",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(
+            params![
+                query.query.fts,
+                conv_list,
+                query.sender.map(|u| u.0 as i64),
+                query.from,
+                query.to,
+                i64::from(candidates)
+            ],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)),
+        )
+        .map_err(db_err)?;
+    let mut hits = Vec::new();
+    let mut skipped = 0u32;
+    let mut more = false;
+    for row in rows {
+        let (conv, seq) = row.map_err(db_err)?;
+        if let Some(Some(left_seq)) = bounds.get(&conv) {
+            if seq > *left_seq {
+                continue;
+            }
+        }
+        if skipped < query.offset {
+            skipped += 1;
+            continue;
+        }
+        if hits.len() == query.limit as usize {
+            more = true;
+            break;
+        }
+        let Some(message) = message_by_seq(main, Id(conv as u64), seq)? else { continue };
+        if message.deleted {
+            continue;
+        }
+        let (snippet, highlights) = parlor_core::search::snippet(&message.text, &query.query.terms, 160);
+        hits.push(SearchHit {
+            message,
+            snippet,
+            highlights,
+        });
+    }
+    Ok(SearchResults {
+        next_cursor: more.then(|| (query.offset + query.limit).to_string()),
+        results: hits,
+    })
 }

@@ -68,6 +68,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX member_events_by_conv ON member_events(conv_id, pos);
     "#,
+    // 2: replies, mentions, edits and deletes, delivered markers, last seen.
+    r#"
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    ALTER TABLE messages ADD COLUMN mentions TEXT;          -- space-separated user ids
+    ALTER TABLE messages ADD COLUMN mention_all INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+    ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    -- Edits and deletes, in the sync order: a client that saw the original learns of the
+    -- change at this position.
+    CREATE TABLE message_changes (
+        pos INTEGER PRIMARY KEY,
+        conv_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,           -- 0 edited, 1 deleted
+        actor INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX message_changes_by_conv ON message_changes(conv_id, pos);
+    -- Who was mentioned where, for notifications.
+    CREATE TABLE mentions (
+        user_id INTEGER NOT NULL,
+        conv_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (user_id, conv_id, seq)
+    ) WITHOUT ROWID;
+    ALTER TABLE members ADD COLUMN delivered_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE users ADD COLUMN last_seen INTEGER;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -5,6 +5,7 @@
 //! are assigned without locks and are gap-free by construction.
 
 use super::codec::{change_code, role_code, role_from_code};
+use super::search_index::{IndexOp, SearchIndex};
 use parking_lot::RwLock;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
@@ -12,7 +13,9 @@ use parlor_core::ports::Bus;
 use parlor_core::rules::membership;
 use parlor_core::snowflake::Snowflake;
 use parlor_proto::rest::{ConversationInfo, ConversationKind, MessageView, Role, UserView};
-use parlor_proto::ws::{MemberChange, MemberEvent, MessageEvent, ReadEvent, ServerFrame};
+use parlor_proto::ws::{
+    DeletedEvent, DeliveredEvent, EditedEvent, MemberChange, MemberEvent, MessageEvent, ReadEvent, ServerFrame,
+};
 use parlor_proto::{ErrorCode, Id};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{HashMap, HashSet};
@@ -78,6 +81,30 @@ pub enum Command {
         message: NewMessage,
         reply: Reply<Appended>,
     },
+    Edit {
+        actor: UserId,
+        conv: ConvId,
+        seq: u64,
+        text: String,
+        reply: Reply<MessageView>,
+    },
+    Delete {
+        actor: UserId,
+        conv: ConvId,
+        seq: u64,
+        reply: Reply<()>,
+    },
+    Delivered {
+        user: UserId,
+        conv: ConvId,
+        seq: u64,
+        reply: Reply<u64>,
+    },
+    SetLastSeen {
+        user: UserId,
+        at: i64,
+        reply: Reply<()>,
+    },
 }
 
 /// What the writer remembers about a conversation so that a send needs one INSERT.
@@ -103,6 +130,9 @@ pub struct Shared {
     pub head: AtomicU64,
     /// Revoked device sessions, checked on every authenticated request without I/O.
     pub revoked: RwLock<HashSet<u64>>,
+    /// Current members of the conversations the writer has loaded. Only the writer
+    /// inserts, so a reader can never put back a list older than the writer's.
+    pub members: RwLock<HashMap<ConvId, Arc<[UserId]>>>,
 }
 
 pub struct Writer {
@@ -117,6 +147,8 @@ pub struct Writer {
     replies: Vec<Box<dyn FnOnce(bool) + Send>>,
     sender_reads: HashMap<(ConvId, UserId), u64>,
     stopping: bool,
+    search: Option<Arc<SearchIndex>>,
+    index_ops: Vec<(u64, IndexOp)>,
 }
 
 fn now_ms() -> i64 {
@@ -132,7 +164,13 @@ fn db_err(e: rusqlite::Error) -> Error {
 }
 
 impl Writer {
-    pub fn new(conn: Connection, machine: u16, shared: Arc<Shared>, bus: Arc<dyn Bus>) -> rusqlite::Result<Self> {
+    pub fn new(
+        conn: Connection,
+        machine: u16,
+        shared: Arc<Shared>,
+        bus: Arc<dyn Bus>,
+        search: Option<Arc<SearchIndex>>,
+    ) -> rusqlite::Result<Self> {
         let mut ids = Snowflake::new(machine);
         let pos: u64 = conn.query_row(
             "SELECT MAX(COALESCE((SELECT MAX(pos) FROM messages), 0),
@@ -166,6 +204,8 @@ impl Writer {
             replies: Vec::new(),
             sender_reads: HashMap::new(),
             stopping: false,
+            search,
+            index_ops: Vec::new(),
         })
     }
 
@@ -212,7 +252,9 @@ impl Writer {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.pos = start_pos;
                 self.convs.clear();
+                self.shared.members.write().clear();
                 self.events.clear();
+                self.index_ops.clear();
                 false
             }
         };
@@ -221,6 +263,9 @@ impl Writer {
             if !self.events.is_empty() {
                 let events: Arc<[Event]> = self.events.drain(..).collect();
                 self.bus.publish(events);
+            }
+            if let Some(search) = &self.search {
+                search.feed(std::mem::take(&mut self.index_ops));
             }
         }
         for reply in self.replies.drain(..) {
@@ -243,6 +288,9 @@ impl Writer {
             Command::Membership { reply, .. } => fail(reply),
             Command::MarkRead { reply, .. } => fail(reply),
             Command::Append { reply, .. } => fail(reply),
+            Command::Edit { reply, .. } => fail(reply),
+            Command::Delete { reply, .. } | Command::SetLastSeen { reply, .. } => fail(reply),
+            Command::Delivered { reply, .. } => fail(reply),
         }
     }
 
@@ -318,6 +366,33 @@ impl Writer {
             }
             Command::Append { message, reply } => {
                 let result = self.append(message);
+                self.finish(reply, result)
+            }
+            Command::Edit {
+                actor,
+                conv,
+                seq,
+                text,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.edit(actor, conv, seq, text));
+                self.finish(reply, result)
+            }
+            Command::Delete { actor, conv, seq, reply } => {
+                let result = self.savepoint(|w| w.delete(actor, conv, seq));
+                self.finish(reply, result)
+            }
+            Command::Delivered { user, conv, seq, reply } => {
+                let result = self.delivered(user, conv, seq);
+                self.finish(reply, result)
+            }
+            Command::SetLastSeen { user, at, reply } => {
+                let result = self
+                    .conn
+                    .prepare_cached("UPDATE users SET last_seen = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![user.0 as i64, at]))
+                    .map(|_| ())
+                    .map_err(db_err);
                 self.finish(reply, result)
             }
         }
@@ -479,6 +554,7 @@ impl Writer {
                 recipients: Arc::from(Vec::new()),
             };
             state.refresh_recipients();
+            self.shared.members.write().insert(conv, Arc::clone(&state.recipients));
             self.convs.insert(conv, state);
         }
         Ok(self.convs.get_mut(&conv))
@@ -576,6 +652,7 @@ impl Writer {
             recipients: Arc::from(Vec::new()),
         };
         state.refresh_recipients();
+        self.shared.members.write().insert(id, Arc::clone(&state.recipients));
         self.convs.insert(id, state);
         Ok(info)
     }
@@ -695,6 +772,7 @@ impl Writer {
         if let Some(state) = self.convs.get_mut(&conv) {
             state.roles = roles;
             state.refresh_recipients();
+            self.shared.members.write().insert(conv, Arc::clone(&state.recipients));
         }
     }
 
@@ -769,9 +847,14 @@ impl Writer {
             .prepare_cached("UPDATE members SET read_seq = ?3, read_pos = ?4 WHERE conv_id = ?1 AND user_id = ?2")
             .and_then(|mut s| s.execute(params![conv.0 as i64, user.0 as i64, seq as i64, pos as i64]))
             .map_err(db_err)?;
+        let recipients = self
+            .convs
+            .get(&conv)
+            .map(|s| Arc::clone(&s.recipients))
+            .unwrap_or_else(|| Arc::from(vec![user]));
         self.events.push(Event {
             pos,
-            recipients: Arc::from(vec![user]),
+            recipients,
             frame: ServerFrame::Read(ReadEvent {
                 pos: Id(pos),
                 conv,
@@ -802,7 +885,15 @@ impl Writer {
     }
 
     fn append(&mut self, message: NewMessage) -> Result<Appended> {
-        let NewMessage { conv, sender, cid, text } = message;
+        let NewMessage {
+            conv,
+            sender,
+            cid,
+            text,
+            reply_to,
+            mentions,
+            mention_all,
+        } = message;
         let is_member = matches!(self.conv(conv)?, Some(state) if state.roles.contains_key(&sender));
         if !is_member {
             // A late retry of a stored message still gets its acknowledgement, even if
@@ -820,16 +911,34 @@ impl Writer {
         let Some(state) = self.convs.get(&conv) else {
             return Err(Error::internal());
         };
+        // Everything is checked before the first write, so a refused message leaves
+        // nothing behind without needing a savepoint on this hot path.
+        if let Some(target) = reply_to {
+            if target == 0 || target > state.last_seq {
+                return Err(Error::new(ErrorCode::BadRequest, "reply_to names no message of this conversation"));
+            }
+        }
+        if let Some(stranger) = mentions.iter().find(|u| !state.roles.contains_key(u)) {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!("mentioned user {stranger} is not a member"),
+            ));
+        }
+        if mention_all && state.info.kind != ConversationKind::Group {
+            return Err(Error::new(ErrorCode::BadRequest, "@all is only for groups"));
+        }
         let seq = state.last_seq + 1;
         let recipients = Arc::clone(&state.recipients);
         let ts = now_ms();
         let id = self.ids.next_id(ts);
         let pos = self.pos + 1;
+        let mention_list = (!mentions.is_empty())
+            .then(|| mentions.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(" "));
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(sender, cid) DO NOTHING",
+                "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT(sender, cid) DO NOTHING",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -840,7 +949,10 @@ impl Writer {
                     sender.0 as i64,
                     cid,
                     text,
-                    ts
+                    ts,
+                    reply_to.map(|r| r as i64),
+                    mention_list,
+                    mention_all
                 ])
             })
             .map_err(db_err)?;
@@ -848,11 +960,33 @@ impl Writer {
             let cid = cid.as_deref().unwrap_or_default();
             return self.original(sender, cid)?.ok_or_else(Error::internal);
         }
+        if !mentions.is_empty() {
+            let mut stmt = self
+                .conn
+                .prepare_cached("INSERT OR IGNORE INTO mentions (user_id, conv_id, seq) VALUES (?1, ?2, ?3)")
+                .map_err(db_err)?;
+            for user in &mentions {
+                stmt.execute(params![user.0 as i64, conv.0 as i64, seq as i64]).map_err(db_err)?;
+            }
+        }
         self.pos = pos;
         if let Some(state) = self.convs.get_mut(&conv) {
             state.last_seq = seq;
         }
         self.sender_reads.insert((conv, sender), seq);
+        if self.search.is_some() {
+            self.index_ops.push((
+                pos,
+                IndexOp::Upsert {
+                    id,
+                    conv: conv.0,
+                    seq,
+                    sender: sender.0,
+                    ts,
+                    text: text.clone(),
+                },
+            ));
+        }
         self.events.push(Event {
             pos,
             recipients,
@@ -866,6 +1000,11 @@ impl Writer {
                     text,
                     ts,
                     cid,
+                    reply_to,
+                    mentions,
+                    mention_all,
+                    edited_at: None,
+                    deleted: false,
                 },
             }),
         });
@@ -877,6 +1016,162 @@ impl Writer {
             ts,
             duplicate: false,
         })
+    }
+
+    /// The stored message `seq` of `conv`: (id, sender, deleted).
+    fn message_row(&self, conv: ConvId, seq: u64) -> Result<Option<(u64, UserId, bool)>> {
+        self.conn
+            .prepare_cached("SELECT id, sender, deleted FROM messages WHERE conv_id = ?1 AND seq = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![conv.0 as i64, seq as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, Id(r.get::<_, i64>(1)? as u64), r.get::<_, bool>(2)?))
+                })
+                .optional()
+            })
+            .map_err(db_err)
+    }
+
+    fn record_change(&mut self, conv: ConvId, seq: u64, kind: i64, actor: UserId, at: i64) -> Result<u64> {
+        let pos = self.next_pos();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO message_changes (pos, conv_id, seq, kind, actor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| s.execute(params![pos as i64, conv.0 as i64, seq as i64, kind, actor.0 as i64, at]))
+            .map_err(db_err)?;
+        Ok(pos)
+    }
+
+    fn member_state(&mut self, user: UserId, conv: ConvId) -> Result<(Role, Arc<[UserId]>, ConversationKind)> {
+        let state = self.conv(conv)?.ok_or_else(|| Error::not_found("conversation not found"))?;
+        let role = *state.roles.get(&user).ok_or_else(Error::not_member)?;
+        Ok((role, Arc::clone(&state.recipients), state.info.kind))
+    }
+
+    fn edit(&mut self, actor: UserId, conv: ConvId, seq: u64, text: String) -> Result<MessageView> {
+        let (_, recipients, _) = self.member_state(actor, conv)?;
+        let (id, sender, deleted) = self
+            .message_row(conv, seq)?
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        if sender != actor {
+            return Err(Error::forbidden("only the sender can edit a message"));
+        }
+        if deleted {
+            return Err(Error::new(ErrorCode::Conflict, "a deleted message cannot be edited"));
+        }
+        let at = now_ms();
+        self.conn
+            .prepare_cached("UPDATE messages SET body = ?3, edited_at = ?4 WHERE conv_id = ?1 AND seq = ?2")
+            .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64, text, at]))
+            .map_err(db_err)?;
+        let pos = self.record_change(conv, seq, 0, actor, at)?;
+        let view = super::reader::message_by_seq(&self.conn, conv, seq)?.ok_or_else(Error::internal)?;
+        if self.search.is_some() {
+            self.index_ops.push((
+                pos,
+                IndexOp::Upsert {
+                    id,
+                    conv: conv.0,
+                    seq,
+                    sender: sender.0,
+                    ts: view.ts,
+                    text: text.clone(),
+                },
+            ));
+        }
+        self.events.push(Event {
+            pos,
+            recipients,
+            frame: ServerFrame::Edited(EditedEvent {
+                pos: Id(pos),
+                conv,
+                seq,
+                id: Id(id),
+                text,
+                edited_at: at,
+                by: actor,
+            }),
+        });
+        Ok(view)
+    }
+
+    fn delete(&mut self, actor: UserId, conv: ConvId, seq: u64) -> Result<()> {
+        let (role, recipients, kind) = self.member_state(actor, conv)?;
+        let (id, sender, deleted) = self
+            .message_row(conv, seq)?
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        let moderator = kind == ConversationKind::Group && matches!(role, Role::Owner | Role::Admin);
+        if sender != actor && !moderator {
+            return Err(Error::forbidden("only the sender, or a group's owner and admins, can delete a message"));
+        }
+        if deleted {
+            return Ok(());
+        }
+        let at = now_ms();
+        let mentioned: Option<String> = self
+            .conn
+            .prepare_cached("SELECT mentions FROM messages WHERE conv_id = ?1 AND seq = ?2")
+            .and_then(|mut s| s.query_row(params![conv.0 as i64, seq as i64], |r| r.get(0)))
+            .map_err(db_err)?;
+        for user in mentioned.iter().flat_map(|m| m.split(' ')).filter_map(|u| u.parse::<i64>().ok()) {
+            self.conn
+                .prepare_cached("DELETE FROM mentions WHERE user_id = ?1 AND conv_id = ?2 AND seq = ?3")
+                .and_then(|mut s| s.execute(params![user, conv.0 as i64, seq as i64]))
+                .map_err(db_err)?;
+        }
+        // The text leaves the store: a tombstone keeps only who and when.
+        self.conn
+            .prepare_cached(
+                "UPDATE messages SET body = '', mentions = NULL, mention_all = 0, reply_to = NULL, deleted = 1
+                 WHERE conv_id = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64]))
+            .map_err(db_err)?;
+
+        let pos = self.record_change(conv, seq, 1, actor, at)?;
+        if self.search.is_some() {
+            self.index_ops.push((pos, IndexOp::Remove { id }));
+        }
+        self.events.push(Event {
+            pos,
+            recipients,
+            frame: ServerFrame::Deleted(DeletedEvent {
+                pos: Id(pos),
+                conv,
+                seq,
+                id: Id(id),
+                by: actor,
+                ts: at,
+            }),
+        });
+        Ok(())
+    }
+
+    fn delivered(&mut self, user: UserId, conv: ConvId, seq: u64) -> Result<u64> {
+        let (_, recipients, _) = self.member_state(user, conv)?;
+        let last_seq = self.convs.get(&conv).map_or(0, |s| s.last_seq);
+        if seq > last_seq {
+            return Err(Error::new(ErrorCode::BadRequest, "cannot mark delivered beyond the last message"));
+        }
+        let current: i64 = self
+            .conn
+            .prepare_cached("SELECT delivered_seq FROM members WHERE conv_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.query_row(params![conv.0 as i64, user.0 as i64], |r| r.get(0)))
+            .map_err(db_err)?;
+        if seq <= current as u64 {
+            return Ok(current as u64);
+        }
+        self.conn
+            .prepare_cached("UPDATE members SET delivered_seq = ?3 WHERE conv_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.execute(params![conv.0 as i64, user.0 as i64, seq as i64]))
+            .map_err(db_err)?;
+        // Delivery markers are live-only: the current values are in `receipts`.
+        self.events.push(Event {
+            pos: 0,
+            recipients,
+            frame: ServerFrame::Delivered(DeliveredEvent { conv, user, seq }),
+        });
+        Ok(seq)
     }
 
     /// Sending implies having read the conversation up to one's own message; written once

@@ -144,3 +144,33 @@ pub async fn user(State(state): State<AppState>, Caller(_): Caller, PathParams(i
         .ok_or_else(|| Error::not_found("user not found"))?;
     Ok(Json(user))
 }
+
+#[derive(serde::Deserialize)]
+pub struct PresenceParams {
+    /// Comma-separated user ids.
+    users: String,
+}
+
+pub async fn presence(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    super::error::QueryParams(p): super::error::QueryParams<PresenceParams>,
+) -> ApiResult<Json<parlor_proto::rest::PresenceList>> {
+    let users = p
+        .users
+        .split(',')
+        .filter(|u| !u.trim().is_empty())
+        .map(|u| u.trim().parse::<Id>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| Error::new(ErrorCode::BadRequest, "users must be comma-separated ids"))?;
+    let presence = state.chat.presence(&users).await?;
+    Ok(Json(parlor_proto::rest::PresenceList { presence }))
+}
+
+pub async fn set_status(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Body(req): Body<parlor_proto::rest::StatusRequest>,
+) -> ApiResult<Json<parlor_proto::rest::PresenceView>> {
+    Ok(Json(state.chat.set_status(me.user, req.status, req.text).await?))
+}

@@ -3,6 +3,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use parlor_core::chat::{Draft, SearchRequest};
 use parlor_core::Id;
 use parlor_proto::rest::*;
 use parlor_proto::ws::Ack;
@@ -101,7 +102,14 @@ pub async fn send(
 ) -> ApiResult<(StatusCode, Json<Ack>)> {
     state.rate(&format!("rest:user:{}", me.user), state.config.rate.rest_per_user.into())?;
     let cid = req.cid.clone();
-    let appended = state.chat.send(me.user, id, req.cid, req.text)?.await?;
+    let draft = Draft {
+        cid: req.cid,
+        text: req.text,
+        reply_to: req.reply_to,
+        mentions: req.mentions,
+        mention_all: req.mention_all,
+    };
+    let appended = state.chat.send(me.user, id, draft)?.await?;
     let status = if appended.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((
         status,
@@ -125,4 +133,71 @@ pub async fn mark_read(
 ) -> ApiResult<Json<ReadState>> {
     let read_seq = state.chat.mark_read(me.user, id, req.seq).await?;
     Ok(Json(ReadState { conv: id, read_seq }))
+}
+
+pub async fn edit(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    PathParams((id, seq)): PathParams<(Id, u64)>,
+    Body(req): Body<EditRequest>,
+) -> ApiResult<Json<MessageView>> {
+    state.rate(&format!("rest:user:{}", me.user), state.config.rate.rest_per_user.into())?;
+    Ok(Json(state.chat.edit(me.user, id, seq, req.text).await?))
+}
+
+pub async fn delete_message(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    PathParams((id, seq)): PathParams<(Id, u64)>,
+) -> ApiResult<StatusCode> {
+    state.rate(&format!("rest:user:{}", me.user), state.config.rate.rest_per_user.into())?;
+    state.chat.delete(me.user, id, seq).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn receipts(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    PathParams(id): PathParams<Id>,
+) -> ApiResult<Json<Receipts>> {
+    Ok(Json(state.chat.receipts(me.user, id).await?))
+}
+
+pub async fn mark_delivered(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    PathParams(id): PathParams<Id>,
+    Body(req): Body<ReadRequest>,
+) -> ApiResult<StatusCode> {
+    state.chat.mark_delivered(me.user, id, req.seq).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct SearchParams {
+    q: String,
+    conv: Option<Id>,
+    sender: Option<Id>,
+    from: Option<i64>,
+    to: Option<i64>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn search(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    QueryParams(p): QueryParams<SearchParams>,
+) -> ApiResult<Json<SearchResults>> {
+    state.rate(&format!("search:user:{}", me.user), state.config.rate.search_per_user.into())?;
+    let request = SearchRequest {
+        q: &p.q,
+        conv: p.conv,
+        sender: p.sender,
+        from: p.from,
+        to: p.to,
+        cursor: p.cursor.as_deref(),
+        limit: p.limit,
+    };
+    Ok(Json(state.chat.search(me.user, request).await?))
 }

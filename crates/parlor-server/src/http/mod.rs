@@ -11,7 +11,7 @@ use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::Router;
 use error::ApiError;
 use parlor_core::error::Error;
@@ -42,6 +42,15 @@ pub fn router(state: AppState) -> Router {
             get(conversations::history).post(conversations::send),
         )
         .route("/v1/conversations/{id}/read", post(conversations::mark_read))
+        .route("/v1/conversations/{id}/delivered", post(conversations::mark_delivered))
+        .route("/v1/conversations/{id}/receipts", get(conversations::receipts))
+        .route(
+            "/v1/conversations/{id}/messages/{seq}",
+            patch(conversations::edit).delete(conversations::delete_message),
+        )
+        .route("/v1/search", get(conversations::search))
+        .route("/v1/presence", get(accounts::presence))
+        .route("/v1/me/status", put(accounts::set_status))
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/admin/users", post(admin::create_users))
         .route("/v1/admin/conversations", post(admin::create_conversations))

@@ -16,6 +16,7 @@ use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
+use parlor_core::chat::Draft;
 use parlor_core::error::Error;
 use parlor_core::model::Appended;
 use parlor_core::ports::BoxFuture;
@@ -77,6 +78,9 @@ pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Princi
     state.metrics.connections_total.inc();
     let registration = state.hub.register(principal.user);
     let id = registration.id;
+    if let Err(e) = state.chat.device_connected(principal.user).await {
+        tracing::warn!(error = %e, "presence update failed");
+    }
     let mut connection = Connection {
         frames: Bucket::new(state.config.rate.frames_per_connection),
         state: state.clone(),
@@ -90,6 +94,9 @@ pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Princi
     };
     let end = connection.serve(since).await;
     state.hub.unregister(principal.user, id);
+    if let Err(e) = state.chat.device_disconnected(principal.user, crate::now_ms()).await {
+        tracing::warn!(error = %e, "presence update failed");
+    }
     state.metrics.connections_open.dec();
     match end {
         End::ClientGone => {}
@@ -280,9 +287,23 @@ impl Connection {
                 let error = Error::new(ErrorCode::BadRequest, "already authenticated; hello is only the first frame");
                 self.write_error(&error, None).await
             }
-            ClientFrame::Send { cid, conv, text } => {
+            ClientFrame::Send {
+                cid,
+                conv,
+                text,
+                reply_to,
+                mentions,
+                mention_all,
+            } => {
                 let started = Instant::now();
-                match self.state.chat.send(self.principal.user, conv, Some(cid.clone()), text) {
+                let draft = Draft {
+                    cid: Some(cid.clone()),
+                    text,
+                    reply_to,
+                    mentions,
+                    mention_all,
+                };
+                match self.state.chat.send(self.principal.user, conv, draft) {
                     Ok(commit) => {
                         self.inflight.push(Box::pin(async move {
                             let result = commit.await;
@@ -294,17 +315,59 @@ impl Connection {
                 }
             }
             ClientFrame::Read { conv, seq } => {
-                let state = self.state.clone();
-                let user = self.principal.user;
-                self.inflight.push(Box::pin(async move {
-                    match state.chat.mark_read(user, conv, seq).await {
-                        Ok(_) => Done::Nothing,
-                        Err(error) => Done::Failed { cid: None, error },
-                    }
-                }));
+                self.spawn_request(None, move |state, user| async move {
+                    state.chat.mark_read(user, conv, seq).await.map(drop)
+                });
+                Ok(())
+            }
+            ClientFrame::Delivered { conv, seq } => {
+                self.spawn_request(None, move |state, user| async move {
+                    state.chat.mark_delivered(user, conv, seq).await.map(drop)
+                });
+                Ok(())
+            }
+            ClientFrame::Edit { cid, conv, seq, text } => {
+                self.spawn_request(cid, move |state, user| async move {
+                    state.chat.edit(user, conv, seq, text).await.map(drop)
+                });
+                Ok(())
+            }
+            ClientFrame::Delete { cid, conv, seq } => {
+                self.spawn_request(cid, move |state, user| async move { state.chat.delete(user, conv, seq).await });
+                Ok(())
+            }
+            ClientFrame::Typing { conv, typing } => {
+                let key = format!("typing:{}:{conv}", self.principal.user);
+                if let Err(error) = self.state.rate(&key, self.state.config.rate.typing_per_conversation.into()) {
+                    return self.write_error(&error, None).await;
+                }
+                self.spawn_request(None, move |state, user| async move { state.chat.typing(user, conv, typing).await });
+                Ok(())
+            }
+            ClientFrame::Status { status, text } => {
+                self.spawn_request(None, move |state, user| async move {
+                    state.chat.set_status(user, status, text).await.map(drop)
+                });
                 Ok(())
             }
         }
+    }
+
+    /// Runs a request whose only visible outcome is an event (or an error frame) while
+    /// the connection keeps serving.
+    fn spawn_request<F, Fut>(&mut self, cid: Option<String>, request: F)
+    where
+        F: FnOnce(AppState, Id) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        let user = self.principal.user;
+        self.inflight.push(Box::pin(async move {
+            match request(state, user).await {
+                Ok(()) => Done::Nothing,
+                Err(error) => Done::Failed { cid, error },
+            }
+        }));
     }
 
     async fn on_done(&mut self, done: Done) -> Step {
