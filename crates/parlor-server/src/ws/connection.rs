@@ -219,7 +219,9 @@ impl Connection {
             }
             bounded(self.write_timeout, self.socket.flush()).await?;
         }
-        Ok(backlog.head.max(since))
+        // A position from the future (another server, a wiped data dir) is clamped to
+        // the head: the client gets everything from now on rather than nothing.
+        Ok(backlog.head)
     }
 
     /// Writes a live event and whatever else is already queued, then flushes once.
