@@ -30,17 +30,27 @@ pub fn is_cjk(c: char) -> bool {
         | 0x20000..=0x2A6DF) // CJK extension B
 }
 
-/// Splits text into tokens the way search sees it: words of non-CJK text, and bigrams
-/// (or a lone character) of each CJK run.
-fn tokens(text: &str) -> Vec<String> {
+/// Splits text into tokens the way search sees it: words of non-CJK text, and for each
+/// CJK run its bigrams followed by its last character alone (a run of one character is
+/// just that character). The lone last character lets a one-character query find a
+/// character that ends a run ("京" in "北京"), which no bigram starts with.
+///
+/// For a query term (`query`), a run that ends the term gets no lone last character: in
+/// the text the run may go on ("東京" must find "東京都", indexed "東京 京都 都").
+fn tokens(text: &str, query: bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut word = String::new();
     let mut run: Vec<char> = Vec::new();
-    let flush_run = |run: &mut Vec<char>, out: &mut Vec<String>| {
+    let flush_run = |run: &mut Vec<char>, out: &mut Vec<String>, last_alone: bool| {
         match run.len() {
             0 => {}
             1 => out.push(run[0].to_string()),
-            _ => out.extend(run.windows(2).map(|w| w.iter().collect())),
+            n => {
+                out.extend(run.windows(2).map(|w| w.iter().collect()));
+                if last_alone {
+                    out.push(run[n - 1].to_string());
+                }
+            }
         }
         run.clear();
     };
@@ -51,16 +61,16 @@ fn tokens(text: &str) -> Vec<String> {
             }
             run.push(c);
         } else if c.is_alphanumeric() {
-            flush_run(&mut run, &mut out);
+            flush_run(&mut run, &mut out, true);
             word.push(c);
         } else {
-            flush_run(&mut run, &mut out);
+            flush_run(&mut run, &mut out, true);
             if !word.is_empty() {
                 out.push(std::mem::take(&mut word));
             }
         }
     }
-    flush_run(&mut run, &mut out);
+    flush_run(&mut run, &mut out, !query);
     if !word.is_empty() {
         out.push(word);
     }
@@ -69,7 +79,7 @@ fn tokens(text: &str) -> Vec<String> {
 
 /// The text to put in the index for a message.
 pub fn index_text(text: &str) -> String {
-    tokens(text).join(" ")
+    tokens(text, false).join(" ")
 }
 
 /// A parsed search query: the original terms (for highlighting) and an FTS5 MATCH
@@ -109,7 +119,7 @@ pub fn parse_query(raw: &str) -> Result<Query> {
         .iter()
         .enumerate()
         .filter_map(|(i, term)| {
-            let toks = tokens(term);
+            let toks = tokens(term, true);
             if toks.is_empty() {
                 return None;
             }
@@ -182,8 +192,13 @@ mod tests {
 
     #[test]
     fn cjk_runs_become_bigrams() {
-        assert_eq!(index_text("我在東京都。Hello wörld"), "我在 在東 東京 京都 Hello wörld");
-        assert_eq!(index_text("서울 날씨"), "서울 날씨");
+        assert_eq!(index_text("我在東京都。Hello wörld"), "我在 在東 東京 京都 都 Hello wörld");
+        assert_eq!(index_text("서울 날씨"), "서울 울 날씨 씨");
+        assert_eq!(index_text("北京"), "北京 京");
+        assert_eq!(index_text("a東b"), "a 東 b");
+        // A query term keeps the lone last character only where its run ends inside it.
+        let q = parse_query("東京 北京abc 京").unwrap_or_else(|_| Query { terms: vec![], fts: String::new() });
+        assert_eq!(q.fts, "\"東京\" AND \"北京 京 abc\" AND \"京\"*");
     }
 
     #[test]

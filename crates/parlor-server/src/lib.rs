@@ -134,6 +134,13 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
     }
     presence_ticker.abort();
+    // Everyone whose devices were just disconnected goes offline now, so that their
+    // last-seen time is stored before the store closes (the grace period would end
+    // after the process).
+    let grace_ms = (config.presence.grace_secs * 1000) as i64;
+    if let Err(e) = state.chat.expire_presence(now_ms() + grace_ms).await {
+        tracing::warn!(error = %e, "storing last-seen times at shutdown failed");
+    }
     store.close().await;
     dispatcher.abort();
     tracing::info!("stopped");

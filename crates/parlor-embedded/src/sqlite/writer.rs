@@ -175,6 +175,7 @@ impl Writer {
         let pos: u64 = conn.query_row(
             "SELECT MAX(COALESCE((SELECT MAX(pos) FROM messages), 0),
                         COALESCE((SELECT MAX(pos) FROM member_events), 0),
+                        COALESCE((SELECT MAX(pos) FROM message_changes), 0),
                         COALESCE((SELECT MAX(read_pos) FROM members), 0))",
             [],
             |r| r.get::<_, i64>(0),
