@@ -47,11 +47,21 @@ const SCHEMA: &str = r#"
     );
 "#;
 
+/// Bumped whenever [`search::index_text`] changes what it produces: an index built with
+/// another version is dropped and rebuilt from the store at start-up.
+const TOKENIZER_VERSION: i64 = 2;
+
 fn open_index(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != TOKENIZER_VERSION {
+        tracing::info!(from = version, to = TOKENIZER_VERSION, "rebuilding the search index");
+        conn.execute_batch("DROP TABLE IF EXISTS message_fts; DROP TABLE IF EXISTS index_state;")?;
+        conn.pragma_update(None, "user_version", TOKENIZER_VERSION)?;
+    }
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
