@@ -9,9 +9,9 @@ use crate::error::{chain, truncate, ClientError, Result};
 use crate::tls;
 use parlor_proto::rest::{
     AddMemberRequest, Availability, ConversationDetail, ConversationInfo, ConversationList,
-    CreateGroupRequest, DirectRequest, EditRequest, History, LoginRequest, MessageView, PresenceList,
-    PresenceView, ReadRequest, ReadState, Receipts, RefreshRequest, RegisterRequest, Role,
-    SearchResults, SendRequest, SetRoleRequest, StatusRequest, TokenPair, UserView,
+    CreateGroupRequest, DirectRequest, EditRequest, History, LoginRequest, MessageView,
+    PresenceList, PresenceView, ReadRequest, ReadState, Receipts, RefreshRequest, RegisterRequest,
+    Role, SearchResults, SendRequest, SetRoleRequest, StatusRequest, TokenPair, UserView,
 };
 use parlor_proto::ws::Ack;
 use parlor_proto::Id;
@@ -229,53 +229,74 @@ impl Http {
     /// POST /v1/conversations/{id}/messages with every option (reply, mentions).
     pub async fn send_request(&self, token: &str, conv: Id, body: &SendRequest) -> Result<Ack> {
         let path = format!("/v1/conversations/{conv}/messages");
-        self.json(Method::POST, &path, Some(token), Some(body)).await
+        self.json(Method::POST, &path, Some(token), Some(body))
+            .await
     }
 
     /// PATCH /v1/conversations/{id}/messages/{seq}.
     pub async fn edit(&self, token: &str, conv: Id, seq: u64, text: &str) -> Result<MessageView> {
         let path = format!("/v1/conversations/{conv}/messages/{seq}");
         let body = EditRequest { text: text.into() };
-        self.json(Method::PATCH, &path, Some(token), Some(&body)).await
+        self.json(Method::PATCH, &path, Some(token), Some(&body))
+            .await
     }
 
     /// DELETE /v1/conversations/{id}/messages/{seq} (204).
     pub async fn delete_message(&self, token: &str, conv: Id, seq: u64) -> Result<()> {
         let path = format!("/v1/conversations/{conv}/messages/{seq}");
-        self.empty(Method::DELETE, &path, Some(token), None::<&()>).await
+        self.empty(Method::DELETE, &path, Some(token), None::<&()>)
+            .await
     }
 
     /// POST /v1/conversations/{id}/delivered (204).
     pub async fn mark_delivered(&self, token: &str, conv: Id, seq: u64) -> Result<()> {
         let path = format!("/v1/conversations/{conv}/delivered");
-        self.empty(Method::POST, &path, Some(token), Some(&ReadRequest { seq })).await
+        self.empty(Method::POST, &path, Some(token), Some(&ReadRequest { seq }))
+            .await
     }
 
     /// GET /v1/conversations/{id}/receipts.
     pub async fn receipts(&self, token: &str, conv: Id) -> Result<Receipts> {
         let path = format!("/v1/conversations/{conv}/receipts");
-        self.json(Method::GET, &path, Some(token), None::<&()>).await
+        self.json(Method::GET, &path, Some(token), None::<&()>)
+            .await
     }
 
     /// GET /v1/presence?users=a,b.
     pub async fn presence(&self, token: &str, users: &[Id]) -> Result<PresenceList> {
-        let list = users.iter().map(Id::to_string).collect::<Vec<_>>().join(",");
+        let list = users
+            .iter()
+            .map(Id::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let path = format!("/v1/presence?users={list}");
-        self.json(Method::GET, &path, Some(token), None::<&()>).await
+        self.json(Method::GET, &path, Some(token), None::<&()>)
+            .await
     }
 
     /// PUT /v1/me/status.
-    pub async fn set_status(&self, token: &str, status: Availability, text: Option<&str>) -> Result<PresenceView> {
+    pub async fn set_status(
+        &self,
+        token: &str,
+        status: Availability,
+        text: Option<&str>,
+    ) -> Result<PresenceView> {
         let body = StatusRequest {
             status,
             text: text.map(str::to_owned),
         };
-        self.json(Method::PUT, "/v1/me/status", Some(token), Some(&body)).await
+        self.json(Method::PUT, "/v1/me/status", Some(token), Some(&body))
+            .await
     }
 
     /// GET /v1/search with `q` and optional filters given as `(name, value)` pairs
     /// (`conv`, `sender`, `from`, `to`, `cursor`, `limit`).
-    pub async fn search(&self, token: &str, q: &str, filters: &[(&str, String)]) -> Result<SearchResults> {
+    pub async fn search(
+        &self,
+        token: &str,
+        q: &str,
+        filters: &[(&str, String)],
+    ) -> Result<SearchResults> {
         let mut url = format!("/v1/search?q={}", encode_segment(q));
         for (name, value) in filters {
             url.push_str(&format!("&{name}={}", encode_segment(value)));

@@ -7,8 +7,8 @@ use crate::model::*;
 use crate::ports::{Backlog, BoxFuture, Bus, Presence, Store};
 use crate::{rules, search};
 use parlor_proto::rest::{
-    Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, PresenceView,
-    Receipts, Role, SearchResults,
+    Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView,
+    PresenceView, Receipts, Role, SearchResults,
 };
 use parlor_proto::ws::{ServerFrame, TypingEvent};
 use parlor_proto::ErrorCode;
@@ -52,7 +52,12 @@ pub struct Chat {
 }
 
 impl Chat {
-    pub fn new(store: Arc<dyn Store>, presence: Arc<dyn Presence>, bus: Arc<dyn Bus>, limits: Limits) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        presence: Arc<dyn Presence>,
+        bus: Arc<dyn Bus>,
+        limits: Limits,
+    ) -> Self {
         Chat {
             store,
             presence,
@@ -71,7 +76,12 @@ impl Chat {
 
     /// Validates a send and hands it to the store at once, so that sends submitted one
     /// after another keep their order; the returned future resolves after the commit.
-    pub fn send(&self, sender: UserId, conv: ConvId, draft: Draft) -> Result<BoxFuture<Result<Appended>>> {
+    pub fn send(
+        &self,
+        sender: UserId,
+        conv: ConvId,
+        draft: Draft,
+    ) -> Result<BoxFuture<Result<Appended>>> {
         if let Some(cid) = &draft.cid {
             rules::client_id(cid)?;
         }
@@ -96,7 +106,13 @@ impl Chat {
         }))
     }
 
-    pub async fn edit(&self, actor: UserId, conv: ConvId, seq: u64, text: String) -> Result<MessageView> {
+    pub async fn edit(
+        &self,
+        actor: UserId,
+        conv: ConvId,
+        seq: u64,
+        text: String,
+    ) -> Result<MessageView> {
         rules::message_text(&text, self.limits.max_text_bytes)?;
         self.store.edit_message(actor, conv, seq, text).await
     }
@@ -164,13 +180,20 @@ impl Chat {
     /// last-seen time.
     pub async fn expire_presence(&self, now_ms: i64) -> Result<()> {
         for view in self.presence.expire(now_ms).await? {
-            self.store.set_last_seen(view.user, view.last_seen.unwrap_or(now_ms)).await?;
+            self.store
+                .set_last_seen(view.user, view.last_seen.unwrap_or(now_ms))
+                .await?;
             self.announce(view).await?;
         }
         Ok(())
     }
 
-    pub async fn set_status(&self, user: UserId, status: Availability, text: Option<String>) -> Result<PresenceView> {
+    pub async fn set_status(
+        &self,
+        user: UserId,
+        status: Availability,
+        text: Option<String>,
+    ) -> Result<PresenceView> {
         let view = self.presence.set_status(user, status, text).await?;
         self.announce(view.clone()).await?;
         Ok(view)
@@ -194,7 +217,11 @@ impl Chat {
         Ok(out)
     }
 
-    pub async fn search(&self, viewer: UserId, request: SearchRequest<'_>) -> Result<SearchResults> {
+    pub async fn search(
+        &self,
+        viewer: UserId,
+        request: SearchRequest<'_>,
+    ) -> Result<SearchResults> {
         let query = search::parse_query(request.q)?;
         let limit = rules::page_limit(request.limit, MAX_SEARCH_PAGE)?;
         let offset = match request.cursor {
@@ -253,7 +280,10 @@ impl Chat {
 
     pub async fn add_member(&self, actor: UserId, conv: ConvId, user: UserId) -> Result<()> {
         self.store
-            .change_membership(MembershipCommand::Add { actor, conv, user }, self.limits.member_limit)
+            .change_membership(
+                MembershipCommand::Add { actor, conv, user },
+                self.limits.member_limit,
+            )
             .await
     }
 
@@ -263,19 +293,35 @@ impl Chat {
         } else {
             MembershipCommand::Remove { actor, conv, user }
         };
-        self.store.change_membership(command, self.limits.member_limit).await
+        self.store
+            .change_membership(command, self.limits.member_limit)
+            .await
     }
 
     pub async fn leave(&self, user: UserId, conv: ConvId) -> Result<()> {
         self.store
-            .change_membership(MembershipCommand::Leave { conv, user }, self.limits.member_limit)
+            .change_membership(
+                MembershipCommand::Leave { conv, user },
+                self.limits.member_limit,
+            )
             .await
     }
 
-    pub async fn set_role(&self, actor: UserId, conv: ConvId, user: UserId, role: Role) -> Result<()> {
+    pub async fn set_role(
+        &self,
+        actor: UserId,
+        conv: ConvId,
+        user: UserId,
+        role: Role,
+    ) -> Result<()> {
         self.store
             .change_membership(
-                MembershipCommand::SetRole { actor, conv, user, role },
+                MembershipCommand::SetRole {
+                    actor,
+                    conv,
+                    user,
+                    role,
+                },
                 self.limits.member_limit,
             )
             .await

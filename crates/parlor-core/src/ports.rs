@@ -6,8 +6,8 @@ use crate::model::*;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use parlor_proto::rest::{
-    Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, PresenceView,
-    Receipts, SearchResults, UserView,
+    Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView,
+    PresenceView, Receipts, SearchResults, UserView,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -98,7 +98,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the text of a message; only its sender may. The message keeps its `seq`;
     /// an `edited` event with a new position reaches members live and through sync.
-    async fn edit_message(&self, actor: UserId, conv: ConvId, seq: u64, text: String) -> Result<MessageView>;
+    async fn edit_message(
+        &self,
+        actor: UserId,
+        conv: ConvId,
+        seq: u64,
+        text: String,
+    ) -> Result<MessageView>;
     /// Deletes a message (its sender, or an owner or admin of the group): the text is
     /// removed from the store and the search index; a tombstone keeps the `seq`.
     async fn delete_message(&self, actor: UserId, conv: ConvId, seq: u64) -> Result<()>;
@@ -128,7 +134,12 @@ pub trait Presence: Send + Sync + 'static {
     async fn disconnect(&self, user: UserId, now_ms: i64) -> Result<()>;
     /// Users whose grace period ended by `now_ms`.
     async fn expire(&self, now_ms: i64) -> Result<Vec<PresenceView>>;
-    async fn set_status(&self, user: UserId, status: Availability, text: Option<String>) -> Result<PresenceView>;
+    async fn set_status(
+        &self,
+        user: UserId,
+        status: Availability,
+        text: Option<String>,
+    ) -> Result<PresenceView>;
     /// Presence as far as this port knows; `last_seen` may be missing for users it has
     /// not seen since it started.
     async fn get(&self, user: UserId) -> Result<PresenceView>;

@@ -76,10 +76,20 @@ impl Tracker {
     }
 
     /// Sets the user's status; returns the presence others should now see.
-    pub fn set_status(&mut self, user: Id, availability: Availability, text: Option<String>) -> PresenceView {
+    pub fn set_status(
+        &mut self,
+        user: Id,
+        availability: Availability,
+        text: Option<String>,
+    ) -> PresenceView {
         let e = self.users.entry(user).or_default();
         e.availability = availability;
-        e.text = text.map(|t| t.chars().filter(|c| !c.is_control()).take(MAX_STATUS_TEXT).collect());
+        e.text = text.map(|t| {
+            t.chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_STATUS_TEXT)
+                .collect()
+        });
         view(user, e)
     }
 
@@ -122,7 +132,10 @@ mod tests {
         assert!(t.expire(2_000).is_empty(), "one device still connected");
         t.disconnect(u, 3_000, 5_000);
         assert!(t.expire(7_000).is_empty(), "within grace");
-        assert!(t.connect(u).is_none(), "quick reconnect: no change seen by others");
+        assert!(
+            t.connect(u).is_none(),
+            "quick reconnect: no change seen by others"
+        );
         t.disconnect(u, 10_000, 5_000);
         let gone = t.expire(15_000);
         assert_eq!(gone.len(), 1);

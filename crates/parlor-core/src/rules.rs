@@ -30,10 +30,16 @@ pub fn username(raw: &str) -> Result<String> {
 /// Passwords: at least 8 characters, at most 1,024 bytes (argon2 input stays bounded).
 pub fn password(raw: &str) -> Result<()> {
     if raw.chars().count() < 8 {
-        return Err(Error::new(ErrorCode::WeakPassword, "password must have at least 8 characters"));
+        return Err(Error::new(
+            ErrorCode::WeakPassword,
+            "password must have at least 8 characters",
+        ));
     }
     if raw.len() > 1024 {
-        return Err(Error::new(ErrorCode::WeakPassword, "password must be at most 1024 bytes"));
+        return Err(Error::new(
+            ErrorCode::WeakPassword,
+            "password must be at most 1024 bytes",
+        ));
     }
     Ok(())
 }
@@ -72,7 +78,10 @@ pub fn group_name(raw: &str) -> Result<String> {
     let name = raw.trim();
     let count = name.chars().count();
     if count == 0 || count > 100 || name.chars().any(char::is_control) {
-        return Err(Error::new(ErrorCode::BadRequest, "group name must be 1-100 characters"));
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            "group name must be 1-100 characters",
+        ));
     }
     Ok(name.to_string())
 }
@@ -93,7 +102,9 @@ pub mod membership {
     pub fn can_add(actor: Role) -> Result<()> {
         match actor {
             Role::Owner | Role::Admin => Ok(()),
-            Role::Member => Err(Error::forbidden("only the owner and admins can add members")),
+            Role::Member => Err(Error::forbidden(
+                "only the owner and admins can add members",
+            )),
         }
     }
 
@@ -148,16 +159,33 @@ mod tests {
     #[test]
     fn usernames() {
         assert_eq!(username(" Alice_1 ").ok().as_deref(), Some("alice_1"));
-        for bad in ["ab", "-abc", "a b c", "élodie", "x'; DROP TABLE users;--", &"a".repeat(33)] {
-            assert_eq!(username(bad).map_err(|e| e.code), Err(ErrorCode::InvalidUsername), "{bad}");
+        for bad in [
+            "ab",
+            "-abc",
+            "a b c",
+            "élodie",
+            "x'; DROP TABLE users;--",
+            &"a".repeat(33),
+        ] {
+            assert_eq!(
+                username(bad).map_err(|e| e.code),
+                Err(ErrorCode::InvalidUsername),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn texts() {
         assert!(message_text("hi", 10).is_ok());
-        assert_eq!(message_text("  \n", 10).map_err(|e| e.code), Err(ErrorCode::EmptyMessage));
-        assert_eq!(message_text("hello world", 5).map_err(|e| e.code), Err(ErrorCode::MessageTooLarge));
+        assert_eq!(
+            message_text("  \n", 10).map_err(|e| e.code),
+            Err(ErrorCode::EmptyMessage)
+        );
+        assert_eq!(
+            message_text("hello world", 5).map_err(|e| e.code),
+            Err(ErrorCode::MessageTooLarge)
+        );
     }
 
     #[test]

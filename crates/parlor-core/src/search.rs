@@ -123,10 +123,19 @@ pub fn parse_query(raw: &str) -> Result<Query> {
             if toks.is_empty() {
                 return None;
             }
-            let phrase = toks.iter().map(|t| t.replace('"', "\"\"")).collect::<Vec<_>>().join(" ");
-            let single_cjk = toks.len() == 1 && toks[0].chars().count() == 1 && toks[0].chars().all(is_cjk);
+            let phrase = toks
+                .iter()
+                .map(|t| t.replace('"', "\"\""))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let single_cjk =
+                toks.len() == 1 && toks[0].chars().count() == 1 && toks[0].chars().all(is_cjk);
             let prefix = i == last || single_cjk;
-            Some(if prefix { format!("\"{phrase}\"*") } else { format!("\"{phrase}\"") })
+            Some(if prefix {
+                format!("\"{phrase}\"*")
+            } else {
+                format!("\"{phrase}\"")
+            })
         })
         .collect();
     Ok(Query {
@@ -155,7 +164,11 @@ pub fn snippet(text: &str, terms: &[String], max_chars: usize) -> (String, Vec<(
     let folded: Vec<char> = chars.iter().map(|&c| fold(c)).collect();
     let mut ranges = Vec::new();
     for term in terms {
-        let needle: Vec<char> = term.chars().filter(|c| c.is_alphanumeric()).map(fold).collect();
+        let needle: Vec<char> = term
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .map(fold)
+            .collect();
         if needle.is_empty() || needle.len() > folded.len() {
             continue;
         }
@@ -174,7 +187,9 @@ pub fn snippet(text: &str, terms: &[String], max_chars: usize) -> (String, Vec<(
     let start = if chars.len() <= max_chars {
         0
     } else {
-        first.saturating_sub(max_chars / 3).min(chars.len() - max_chars)
+        first
+            .saturating_sub(max_chars / 3)
+            .min(chars.len() - max_chars)
     };
     let end = (start + max_chars).min(chars.len());
     let excerpt: String = chars[start..end].iter().collect();
@@ -192,20 +207,32 @@ mod tests {
 
     #[test]
     fn cjk_runs_become_bigrams() {
-        assert_eq!(index_text("我在東京都。Hello wörld"), "我在 在東 東京 京都 都 Hello wörld");
+        assert_eq!(
+            index_text("我在東京都。Hello wörld"),
+            "我在 在東 東京 京都 都 Hello wörld"
+        );
         assert_eq!(index_text("서울 날씨"), "서울 울 날씨 씨");
         assert_eq!(index_text("北京"), "北京 京");
         assert_eq!(index_text("a東b"), "a 東 b");
         // A query term keeps the lone last character only where its run ends inside it.
-        let q = parse_query("東京 北京abc 京").unwrap_or_else(|_| Query { terms: vec![], fts: String::new() });
+        let q = parse_query("東京 北京abc 京").unwrap_or_else(|_| Query {
+            terms: vec![],
+            fts: String::new(),
+        });
         assert_eq!(q.fts, "\"東京\" AND \"北京 京 abc\" AND \"京\"*");
     }
 
     #[test]
     fn queries_are_quoted_and_prefixed() {
-        let q = parse_query("  東京  café ").unwrap_or_else(|_| Query { terms: vec![], fts: String::new() });
+        let q = parse_query("  東京  café ").unwrap_or_else(|_| Query {
+            terms: vec![],
+            fts: String::new(),
+        });
         assert_eq!(q.fts, "\"東京\" AND \"café\"*");
-        let injection = parse_query("x\" OR 1=1 --").unwrap_or_else(|_| Query { terms: vec![], fts: String::new() });
+        let injection = parse_query("x\" OR 1=1 --").unwrap_or_else(|_| Query {
+            terms: vec![],
+            fts: String::new(),
+        });
         assert_eq!(injection.fts, "\"x\" AND \"OR\" AND \"1 1\"*");
         assert!(parse_query("   ").is_err());
         assert!(parse_query("!!! ???").is_err());

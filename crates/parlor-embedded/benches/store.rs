@@ -12,7 +12,11 @@ fn main() {
 
 #[divan::bench(args = [1, 100, 1000], sample_count = 20)]
 fn append_pipelined(bencher: divan::Bencher, n: usize) {
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() else {
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    else {
         return;
     };
     let Ok(dir) = tempfile::tempdir() else { return };
@@ -23,26 +27,31 @@ fn append_pipelined(bencher: divan::Bencher, n: usize) {
     let setup = runtime.block_on(async {
         let a = store.create_user("alice", "!").await.ok()?;
         let b = store.create_user("bob", "!").await.ok()?;
-        let conv = store.create_group(a.id, "bench", &[b.id], 1000).await.ok()?;
+        let conv = store
+            .create_group(a.id, "bench", &[b.id], 1000)
+            .await
+            .ok()?;
         Some((a.id, conv.id))
     });
     let Some((sender, conv)) = setup else { return };
-    bencher.counter(divan::counter::ItemsCount::new(n)).bench_local(|| {
-        runtime.block_on(async {
-            let pending: Vec<_> = (0..n)
-                .map(|i| {
-                    store.append_message(NewMessage {
-                        conv,
-                        sender,
-                        cid: None,
-                        text: format!("message number {i} with a typical length of text"),
+    bencher
+        .counter(divan::counter::ItemsCount::new(n))
+        .bench_local(|| {
+            runtime.block_on(async {
+                let pending: Vec<_> = (0..n)
+                    .map(|i| {
+                        store.append_message(NewMessage {
+                            conv,
+                            sender,
+                            cid: None,
+                            text: format!("message number {i} with a typical length of text"),
+                        })
                     })
-                })
-                .collect();
-            for commit in pending {
-                let _ = commit.await;
-            }
-        })
-    });
+                    .collect();
+                for commit in pending {
+                    let _ = commit.await;
+                }
+            })
+        });
     runtime.block_on(store.close());
 }

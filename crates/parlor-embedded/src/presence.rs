@@ -39,7 +39,12 @@ impl Presence for MemoryPresence {
         Ok(self.tracker.lock().expire(now_ms))
     }
 
-    async fn set_status(&self, user: UserId, status: Availability, text: Option<String>) -> Result<PresenceView> {
+    async fn set_status(
+        &self,
+        user: UserId,
+        status: Availability,
+        text: Option<String>,
+    ) -> Result<PresenceView> {
         Ok(self.tracker.lock().set_status(user, status, text))
     }
 

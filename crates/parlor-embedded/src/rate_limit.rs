@@ -44,7 +44,10 @@ impl RateLimiter for MemoryRateLimiter {
             map.retain(|_, b| now.duration_since(b.at) < IDLE_EVICT);
         }
         let burst = f64::from(rule.burst.max(1));
-        let bucket = map.entry(key.to_owned()).or_insert(Bucket { tokens: burst, at: now });
+        let bucket = map.entry(key.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
         let refill = now.duration_since(bucket.at).as_secs_f64() * rule.per_second;
         bucket.tokens = (bucket.tokens + refill).min(burst);
         bucket.at = now;
@@ -65,7 +68,10 @@ mod tests {
     #[test]
     fn burst_then_refuse() {
         let rl = MemoryRateLimiter::new();
-        let rule = RateRule { burst: 3, per_second: 1.0 };
+        let rule = RateRule {
+            burst: 3,
+            per_second: 1.0,
+        };
         assert!(rl.check("k", rule).is_ok());
         assert!(rl.check("k", rule).is_ok());
         assert!(rl.check("k", rule).is_ok());

@@ -24,10 +24,13 @@ fn encode_message() -> usize {
             id: Id(120_065_114_492_633_088),
             seq: 4_211,
             sender: Id(120_065_110_621_290_496),
-            text: "Are we still on for the design review at 3pm? I moved it to the big room.".into(),
+            text: "Are we still on for the design review at 3pm? I moved it to the big room."
+                .into(),
             ts: 1_795_851_353_997,
             cid: Some("c-01HF8Z3K2Q9".into()),
         },
     });
-    serde_json::to_string(divan::black_box(&frame)).map(|s| s.len()).unwrap_or(0)
+    serde_json::to_string(divan::black_box(&frame))
+        .map(|s| s.len())
+        .unwrap_or(0)
 }

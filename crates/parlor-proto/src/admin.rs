@@ -35,8 +35,14 @@ pub struct CreatedUsers {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ConversationSpec {
-    Direct { members: [Id; 2] },
-    Group { name: String, owner: Id, members: Vec<Id> },
+    Direct {
+        members: [Id; 2],
+    },
+    Group {
+        name: String,
+        owner: Id,
+        members: Vec<Id>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

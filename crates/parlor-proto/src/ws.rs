@@ -204,9 +204,13 @@ mod tests {
 
     #[test]
     fn client_frames_round_trip() {
-        let f: ClientFrame =
-            serde_json::from_str(r#"{"type":"send","cid":"a1","conv":"7","text":"hi"}"#)
-                .unwrap_or(ClientFrame::Read { conv: Id(0), seq: 0 });
+        let f: ClientFrame = serde_json::from_str(
+            r#"{"type":"send","cid":"a1","conv":"7","text":"hi"}"#,
+        )
+        .unwrap_or(ClientFrame::Read {
+            conv: Id(0),
+            seq: 0,
+        });
         assert_eq!(
             f,
             ClientFrame::Send {
@@ -218,8 +222,11 @@ mod tests {
                 mention_all: false,
             }
         );
-        let hello: ClientFrame = serde_json::from_str(r#"{"type":"hello"}"#)
-            .unwrap_or(ClientFrame::Read { conv: Id(0), seq: 0 });
+        let hello: ClientFrame =
+            serde_json::from_str(r#"{"type":"hello"}"#).unwrap_or(ClientFrame::Read {
+                conv: Id(0),
+                seq: 0,
+            });
         assert_eq!(
             hello,
             ClientFrame::Hello {

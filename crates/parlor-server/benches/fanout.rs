@@ -24,12 +24,16 @@ fn deliver_to_group(bencher: divan::Bencher, members: u64) {
         recipients: Arc::from(recipients),
         frame: ServerFrame::Synced { pos: Id(1) },
     };
-    let text = Utf8Bytes::from(r#"{"type":"message","pos":"1","conv":"7","id":"9","seq":1,"sender":"3","text":"hello","ts":0}"#);
-    bencher.counter(divan::counter::ItemsCount::new(members)).bench_local(|| {
-        let delivered = hub.deliver(&event, &text, true, &metrics);
-        for registration in &mut registrations {
-            while registration.rx.try_recv().is_ok() {}
-        }
-        delivered
-    });
+    let text = Utf8Bytes::from(
+        r#"{"type":"message","pos":"1","conv":"7","id":"9","seq":1,"sender":"3","text":"hello","ts":0}"#,
+    );
+    bencher
+        .counter(divan::counter::ItemsCount::new(members))
+        .bench_local(|| {
+            let delivered = hub.deliver(&event, &text, true, &metrics);
+            for registration in &mut registrations {
+                while registration.rx.try_recv().is_ok() {}
+            }
+            delivered
+        });
 }

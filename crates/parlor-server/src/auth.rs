@@ -84,7 +84,11 @@ impl Auth {
     }
 
     pub async fn hash_password(&self, password: String) -> Result<String> {
-        let _permit = self.hashing.acquire().await.map_err(|_| Error::unavailable())?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Error::unavailable())?;
         let argon2 = self.argon2.clone();
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
@@ -103,7 +107,11 @@ impl Auth {
     /// Verifies `password` against `hash`, or against a dummy hash when `hash` is `None`
     /// (unknown user), and answers false in that case.
     pub async fn verify_password(&self, hash: Option<String>, password: String) -> Result<bool> {
-        let _permit = self.hashing.acquire().await.map_err(|_| Error::unavailable())?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Error::unavailable())?;
         let argon2 = self.argon2.clone();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
@@ -129,23 +137,27 @@ impl Auth {
             iat: now,
             exp: now + ttl_secs,
         };
-        jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &self.encoding).map_err(|e| {
-            tracing::error!(error = %e, "token signing failed");
-            Error::internal()
-        })
+        jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &self.encoding).map_err(
+            |e| {
+                tracing::error!(error = %e, "token signing failed");
+                Error::internal()
+            },
+        )
     }
 
     /// Checks signature and expiry; revocation is checked by the caller against the store.
     pub fn verify_access(&self, token: &str) -> Result<Principal> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     Error::new(ErrorCode::TokenExpired, "access token expired, refresh it")
                 }
                 _ => Error::new(ErrorCode::Unauthorized, "invalid access token"),
-            }
-        })?;
-        let parse = |s: &str| s.parse::<Id>().map_err(|_| Error::new(ErrorCode::Unauthorized, "invalid access token"));
+            })?;
+        let parse = |s: &str| {
+            s.parse::<Id>()
+                .map_err(|_| Error::new(ErrorCode::Unauthorized, "invalid access token"))
+        };
         Ok(Principal {
             user: parse(&data.claims.sub)?,
             device: parse(&data.claims.sid)?,
@@ -171,9 +183,15 @@ pub fn hash_refresh(token: &str) -> [u8; 32] {
 }
 
 /// The JWT key: configured, or created once in the data directory.
-pub fn load_or_create_secret(config: &AuthConfig, data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+pub fn load_or_create_secret(
+    config: &AuthConfig,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Vec<u8>> {
     if let Some(secret) = &config.jwt_secret {
-        anyhow::ensure!(secret.len() >= 32, "auth.jwt_secret must be at least 32 characters");
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "auth.jwt_secret must be at least 32 characters"
+        );
         return Ok(secret.as_bytes().to_vec());
     }
     let path = data_dir.join("jwt.key");

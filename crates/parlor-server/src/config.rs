@@ -215,7 +215,10 @@ impl Default for RateConfig {
 
 impl Config {
     /// Loads the file (if any) and applies `vars` (normally `std::env::vars()`).
-    pub fn load(file: Option<&std::path::Path>, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<Config> {
+    pub fn load(
+        file: Option<&std::path::Path>,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -226,7 +229,9 @@ impl Config {
             None => toml::Table::new(),
         };
         for (key, value) in vars {
-            let Some(rest) = key.strip_prefix("PARLOR_") else { continue };
+            let Some(rest) = key.strip_prefix("PARLOR_") else {
+                continue;
+            };
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
             set_path(&mut table, &path, scalar(&value));
         }
@@ -252,11 +257,20 @@ impl Config {
             "tls_cert and tls_key go together"
         );
         if let Some(token) = &self.admin_token {
-            anyhow::ensure!(token.len() >= 32, "admin_token must be at least 32 characters");
+            anyhow::ensure!(
+                token.len() >= 32,
+                "admin_token must be at least 32 characters"
+            );
         }
-        anyhow::ensure!(self.limits.max_text_bytes > 0, "limits.max_text_bytes must be positive");
+        anyhow::ensure!(
+            self.limits.max_text_bytes > 0,
+            "limits.max_text_bytes must be positive"
+        );
         anyhow::ensure!(self.ws.outbox >= 8, "ws.outbox must be at least 8");
-        anyhow::ensure!(self.ws.ping_interval_secs > 0, "ws.ping_interval_secs must be positive");
+        anyhow::ensure!(
+            self.ws.ping_interval_secs > 0,
+            "ws.ping_interval_secs must be positive"
+        );
         Ok(())
     }
 
@@ -274,7 +288,9 @@ impl Config {
 /// A rate rule given only in part (e.g. just `PARLOR_RATE__LOGIN_PER_IP__BURST=3`) keeps
 /// the default of its other field instead of failing to deserialize.
 fn fill_rate_defaults(table: &mut toml::Table) {
-    let Some(toml::Value::Table(rate)) = table.get_mut("rate") else { return };
+    let Some(toml::Value::Table(rate)) = table.get_mut("rate") else {
+        return;
+    };
     let d = RateConfig::default();
     let rules = [
         ("login_per_ip", d.login_per_ip),
@@ -289,8 +305,10 @@ fn fill_rate_defaults(table: &mut toml::Table) {
     ];
     for (name, rule) in rules {
         if let Some(toml::Value::Table(t)) = rate.get_mut(name) {
-            t.entry("burst").or_insert(toml::Value::Integer(i64::from(rule.burst)));
-            t.entry("per_second").or_insert(toml::Value::Float(rule.per_second));
+            t.entry("burst")
+                .or_insert(toml::Value::Integer(i64::from(rule.burst)));
+            t.entry("per_second")
+                .or_insert(toml::Value::Float(rule.per_second));
         }
     }
 }
@@ -336,7 +354,10 @@ mod tests {
         let vars = vec![
             ("PARLOR_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
             ("PARLOR_WS__PING_INTERVAL_SECS".to_string(), "5".to_string()),
-            ("PARLOR_RATE__LOGIN_PER_IP__BURST".to_string(), "3".to_string()),
+            (
+                "PARLOR_RATE__LOGIN_PER_IP__BURST".to_string(),
+                "3".to_string(),
+            ),
             ("HOME".to_string(), "/root".to_string()),
         ];
         let config = Config::load(None, vars.into_iter()).unwrap_or_default();

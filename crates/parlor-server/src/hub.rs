@@ -68,11 +68,15 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.outbox);
         let overflowed = Arc::new(AtomicBool::new(false));
-        self.shard(user).write().entry(user).or_default().push(Entry {
-            id,
-            tx,
-            overflowed: Arc::clone(&overflowed),
-        });
+        self.shard(user)
+            .write()
+            .entry(user)
+            .or_default()
+            .push(Entry {
+                id,
+                tx,
+                overflowed: Arc::clone(&overflowed),
+            });
         Registration { id, rx, overflowed }
     }
 
@@ -87,11 +91,19 @@ impl Hub {
     }
 
     /// Queues `text` for every connection of every recipient; returns how many.
-    pub fn deliver(&self, event: &Event, text: &Utf8Bytes, is_message: bool, metrics: &Metrics) -> usize {
+    pub fn deliver(
+        &self,
+        event: &Event,
+        text: &Utf8Bytes,
+        is_message: bool,
+        metrics: &Metrics,
+    ) -> usize {
         let mut delivered = 0;
         for &user in event.recipients.iter() {
             let shard = self.shard(user).read();
-            let Some(entries) = shard.get(&user) else { continue };
+            let Some(entries) = shard.get(&user) else {
+                continue;
+            };
             for entry in entries {
                 let outgoing = Outgoing {
                     pos: event.pos,

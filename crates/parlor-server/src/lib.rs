@@ -29,7 +29,9 @@ use crate::metrics::Metrics;
 use crate::state::{AppState, Inner};
 use parlor_core::ports::{Bus, Presence, RateLimiter, Store};
 use parlor_core::Chat;
-use parlor_embedded::{Durability, InProcessBus, MemoryPresence, MemoryRateLimiter, SqliteStore, StoreOptions};
+use parlor_embedded::{
+    Durability, InProcessBus, MemoryPresence, MemoryRateLimiter, SqliteStore, StoreOptions,
+};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -75,12 +77,18 @@ pub async fn run(
     let auth = auth::Auth::new(&config.auth, &secret)?;
     let metrics = Arc::new(Metrics::new()?);
     let hub = Arc::new(Hub::new(config.ws.outbox));
-    let dispatcher = tokio::spawn(hub::dispatch(Arc::clone(&bus), Arc::clone(&hub), Arc::clone(&metrics)));
+    let dispatcher = tokio::spawn(hub::dispatch(
+        Arc::clone(&bus),
+        Arc::clone(&hub),
+        Arc::clone(&metrics),
+    ));
     let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let store_port: Arc<dyn Store> = store.clone();
-    let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new((config.presence.grace_secs * 1000) as i64));
+    let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(
+        (config.presence.grace_secs * 1000) as i64,
+    ));
     let state = AppState {
         inner: Arc::new(Inner {
             chat: Chat::new(store_port, presence, Arc::clone(&bus), config.limits()),
@@ -117,14 +125,18 @@ pub async fn run(
             let url = format!("https://{local}");
             tracing::info!(%url, data_dir = %config.data_dir.display(), "parlor listening");
             on_listening(&url);
-            axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await?;
         }
         _ => {
             let listener = tls::PlainListener(listener);
             let url = format!("http://{local}");
             tracing::info!(%url, data_dir = %config.data_dir.display(), "parlor listening");
             on_listening(&url);
-            axum::serve(listener, app).with_graceful_shutdown(graceful).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .await?;
         }
     }
 
@@ -149,7 +161,8 @@ pub async fn run(
 
 /// Announces users whose grace period has ended as offline, once per tick.
 async fn expire_presence(state: AppState) {
-    let mut tick = tokio::time::interval(Duration::from_millis(state.config.presence.tick_ms.max(50)));
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(state.config.presence.tick_ms.max(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -1,7 +1,8 @@
 //! Prometheus metrics on the paths that matter, served at `GET /metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,29 +24,50 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new_custom(Some("parlor".into()), None)?;
-        let connections_open = IntGauge::new("connections_open", "Open authenticated WebSocket connections")?;
-        let connections_total = IntCounter::new("connections_total", "WebSocket connections authenticated since start")?;
-        let messages_accepted = IntCounter::new("messages_accepted_total", "Messages committed to the store")?;
+        let connections_open = IntGauge::new(
+            "connections_open",
+            "Open authenticated WebSocket connections",
+        )?;
+        let connections_total = IntCounter::new(
+            "connections_total",
+            "WebSocket connections authenticated since start",
+        )?;
+        let messages_accepted =
+            IntCounter::new("messages_accepted_total", "Messages committed to the store")?;
         let messages_delivered = IntCounter::new(
             "messages_delivered_total",
             "Message events written to device connections (live and sync)",
         )?;
-        let events_published = IntCounter::new("events_published_total", "Committed events received from the bus")?;
+        let events_published = IntCounter::new(
+            "events_published_total",
+            "Committed events received from the bus",
+        )?;
         let outbox_overflows = IntCounter::new(
             "outbox_overflows_total",
             "Times a slow connection's queue overflowed and it caught up from the store",
         )?;
         let delivery_latency = Histogram::with_opts(
-            HistogramOpts::new("delivery_latency_seconds", "Commit to hand-off to a device connection").buckets(vec![
+            HistogramOpts::new(
+                "delivery_latency_seconds",
+                "Commit to hand-off to a device connection",
+            )
+            .buckets(vec![
                 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
         )?;
         let ack_latency = Histogram::with_opts(
-            HistogramOpts::new("send_ack_latency_seconds", "Send received to acknowledgement").buckets(vec![
+            HistogramOpts::new(
+                "send_ack_latency_seconds",
+                "Send received to acknowledgement",
+            )
+            .buckets(vec![
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
         )?;
-        let errors = IntCounterVec::new(Opts::new("errors_total", "Errors returned to clients, by code"), &["code"])?;
+        let errors = IntCounterVec::new(
+            Opts::new("errors_total", "Errors returned to clients, by code"),
+            &["code"],
+        )?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(messages_accepted.clone()))?;

@@ -50,7 +50,10 @@ impl Inner {
     pub async fn authenticate(&self, token: &str) -> Result<Principal> {
         let principal = self.auth.verify_access(token)?;
         if self.chat.store().session_revoked(principal.device).await? {
-            return Err(Error::new(ErrorCode::TokenRevoked, "session was revoked, log in again"));
+            return Err(Error::new(
+                ErrorCode::TokenRevoked,
+                "session was revoked, log in again",
+            ));
         }
         Ok(principal)
     }

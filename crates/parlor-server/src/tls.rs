@@ -16,12 +16,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = {
-        let pem = std::fs::read(cert).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", cert.display()))?;
+        let pem = std::fs::read(cert)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", cert.display()))?;
         rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<_, _>>()?
     };
     anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
     let key: PrivateKeyDer<'static> = {
-        let pem = std::fs::read(key).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", key.display()))?;
+        let pem = std::fs::read(key)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", key.display()))?;
         rustls_pemfile::private_key(&mut pem.as_slice())?
             .ok_or_else(|| anyhow::anyhow!("no private key in {}", key.display()))?
     };
@@ -50,11 +52,15 @@ impl TlsListener {
                         let _ = tcp.set_nodelay(true);
                         let (acceptor, tx) = (acceptor.clone(), tx.clone());
                         tokio::spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                                .await
+                            {
                                 Ok(Ok(tls)) => {
                                     let _ = tx.send((tls, peer)).await;
                                 }
-                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "tls handshake failed")
+                                }
                                 Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
                             }
                         });
@@ -92,13 +98,17 @@ impl Listener for TlsListener {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for ClientAddr
+{
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
         ClientAddr(*stream.remote_addr())
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>> for ClientAddr {
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
+    for ClientAddr
+{
     fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
         ClientAddr(*stream.remote_addr())
     }

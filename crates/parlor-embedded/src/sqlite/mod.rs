@@ -16,12 +16,13 @@ use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
 use parlor_core::ports::{Backlog, BoxFuture, Bus, Store};
 use parlor_proto::rest::{
-    ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, Receipts, SearchResults, UserView,
+    ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, Receipts,
+    SearchResults, UserView,
 };
-use search_index::SearchIndex;
 use parlor_proto::{ErrorCode, Id};
 use reader::{db_err, user_view, BacklogState, ReadPool};
 use rusqlite::{Connection, OptionalExtension};
+use search_index::SearchIndex;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,18 +97,18 @@ impl SqliteStore {
     /// Opens (creating if needed) the database under `options.data_dir` and starts the
     /// writer thread. Committed events are published to `bus`.
     pub fn open(options: StoreOptions, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&options.data_dir)
-            .map_err(|e| anyhow::anyhow!(format!("cannot create data dir {}: {e}", options.data_dir.display())))?;
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+            anyhow::anyhow!(format!(
+                "cannot create data dir {}: {e}",
+                options.data_dir.display()
+            ))
+        })?;
         let path = options.data_dir.join(DB_FILE);
         let conn = open_writer_connection(&path, options.durability)
             .map_err(|e| anyhow::anyhow!(format!("cannot open {}: {e}", path.display())))?;
         let revoked: HashSet<u64> = {
-            let mut stmt = conn
-                .prepare("SELECT id FROM sessions WHERE revoked = 1")
-                ?;
-            let rows = stmt
-                .query_map([], |r| r.get::<_, i64>(0))
-                ?;
+            let mut stmt = conn.prepare("SELECT id FROM sessions WHERE revoked = 1")?;
+            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
             rows.filter_map(|r| r.ok()).map(|v| v as u64).collect()
         };
         let shared = Arc::new(Shared {
@@ -116,8 +117,14 @@ impl SqliteStore {
             members: RwLock::new(std::collections::HashMap::new()),
         });
         let search = SearchIndex::open(&options.data_dir, &conn)?;
-        let writer = Writer::new(conn, options.machine_id, Arc::clone(&shared), bus, Some(Arc::clone(&search)))
-            .map_err(|e| anyhow::anyhow!(format!("cannot start writer: {e}")))?;
+        let writer = Writer::new(
+            conn,
+            options.machine_id,
+            Arc::clone(&shared),
+            bus,
+            Some(Arc::clone(&search)),
+        )
+        .map_err(|e| anyhow::anyhow!(format!("cannot start writer: {e}")))?;
         let (tx, rx) = mpsc::channel(options.write_queue.max(1));
         let handle = std::thread::Builder::new()
             .name("parlor-store-writer".into())
@@ -174,18 +181,20 @@ impl Store for SqliteStore {
         let username = username.to_owned();
         self.reads
             .run(move |conn| {
-                conn.prepare_cached("SELECT id, username, password_hash FROM users WHERE username = ?1")
-                    .and_then(|mut s| {
-                        s.query_row([username], |r| {
-                            Ok(Credentials {
-                                user: Id(r.get::<_, i64>(0)? as u64),
-                                username: r.get(1)?,
-                                password_hash: r.get(2)?,
-                            })
+                conn.prepare_cached(
+                    "SELECT id, username, password_hash FROM users WHERE username = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([username], |r| {
+                        Ok(Credentials {
+                            user: Id(r.get::<_, i64>(0)? as u64),
+                            username: r.get(1)?,
+                            password_hash: r.get(2)?,
                         })
-                        .optional()
                     })
-                    .map_err(db_err)
+                    .optional()
+                })
+                .map_err(db_err)
             })
             .await
     }
@@ -211,7 +220,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn create_session(&self, user: UserId, device_name: &str, refresh_hash: [u8; 32], expires_at_ms: i64) -> Result<DeviceId> {
+    async fn create_session(
+        &self,
+        user: UserId,
+        device_name: &str,
+        refresh_hash: [u8; 32],
+        expires_at_ms: i64,
+    ) -> Result<DeviceId> {
         let device_name = device_name.to_owned();
         self.call(|reply| Command::CreateSession {
             user,
@@ -223,7 +238,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn rotate_refresh(&self, presented: [u8; 32], next: [u8; 32], expires_at_ms: i64) -> Result<RefreshOutcome> {
+    async fn rotate_refresh(
+        &self,
+        presented: [u8; 32],
+        next: [u8; 32],
+        expires_at_ms: i64,
+    ) -> Result<RefreshOutcome> {
         self.call(|reply| Command::RotateRefresh {
             presented,
             next,
@@ -234,7 +254,8 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_session(&self, device: DeviceId) -> Result<()> {
-        self.call(|reply| Command::RevokeSession { device, reply }).await
+        self.call(|reply| Command::RevokeSession { device, reply })
+            .await
     }
 
     async fn session_revoked(&self, device: DeviceId) -> Result<bool> {
@@ -245,7 +266,13 @@ impl Store for SqliteStore {
         self.call(|reply| Command::OpenDirect { a, b, reply }).await
     }
 
-    async fn create_group(&self, owner: UserId, name: &str, members: &[UserId], member_limit: u32) -> Result<ConversationInfo> {
+    async fn create_group(
+        &self,
+        owner: UserId,
+        name: &str,
+        members: &[UserId],
+        member_limit: u32,
+    ) -> Result<ConversationInfo> {
         let (name, members) = (name.to_owned(), members.to_vec());
         self.call(|reply| Command::CreateGroup {
             owner,
@@ -267,17 +294,24 @@ impl Store for SqliteStore {
     }
 
     async fn conversation(&self, viewer: UserId, conv: ConvId) -> Result<ConversationDetail> {
-        self.reads.run(move |conn| reader::conversation(conn, viewer, conv)).await
+        self.reads
+            .run(move |conn| reader::conversation(conn, viewer, conv))
+            .await
     }
 
     async fn conversations(&self, viewer: UserId) -> Result<Vec<ConversationSummary>> {
-        self.reads.run(move |conn| reader::conversations(conn, viewer)).await
+        self.reads
+            .run(move |conn| reader::conversations(conn, viewer))
+            .await
     }
 
     fn append_message(&self, message: NewMessage) -> BoxFuture<Result<Appended>> {
         let (tx, rx) = oneshot::channel();
         // try_send keeps the call synchronous, which is what preserves the caller's order.
-        if let Err(e) = self.commands.try_send(Command::Append { message, reply: tx }) {
+        if let Err(e) = self
+            .commands
+            .try_send(Command::Append { message, reply: tx })
+        {
             let error = match e {
                 mpsc::error::TrySendError::Full(_) => {
                     Error::new(ErrorCode::Unavailable, "server busy, retry later")
@@ -290,7 +324,9 @@ impl Store for SqliteStore {
     }
 
     async fn history(&self, viewer: UserId, conv: ConvId, page: Page) -> Result<History> {
-        self.reads.run(move |conn| reader::history(conn, viewer, conv, page)).await
+        self.reads
+            .run(move |conn| reader::history(conn, viewer, conv, page))
+            .await
     }
 
     async fn mark_read(&self, viewer: UserId, conv: ConvId, seq: u64) -> Result<u64> {
@@ -317,7 +353,13 @@ impl Store for SqliteStore {
         Ok(self.shared.head.load(Ordering::Acquire))
     }
 
-    async fn edit_message(&self, actor: UserId, conv: ConvId, seq: u64, text: String) -> Result<MessageView> {
+    async fn edit_message(
+        &self,
+        actor: UserId,
+        conv: ConvId,
+        seq: u64,
+        text: String,
+    ) -> Result<MessageView> {
         self.call(|reply| Command::Edit {
             actor,
             conv,
@@ -329,34 +371,59 @@ impl Store for SqliteStore {
     }
 
     async fn delete_message(&self, actor: UserId, conv: ConvId, seq: u64) -> Result<()> {
-        self.call(|reply| Command::Delete { actor, conv, seq, reply }).await
+        self.call(|reply| Command::Delete {
+            actor,
+            conv,
+            seq,
+            reply,
+        })
+        .await
     }
 
     async fn mark_delivered(&self, user: UserId, conv: ConvId, seq: u64) -> Result<u64> {
-        self.call(|reply| Command::Delivered { user, conv, seq, reply }).await
+        self.call(|reply| Command::Delivered {
+            user,
+            conv,
+            seq,
+            reply,
+        })
+        .await
     }
 
     async fn receipts(&self, viewer: UserId, conv: ConvId) -> Result<Receipts> {
-        self.reads.run(move |conn| reader::receipts(conn, viewer, conv)).await
+        self.reads
+            .run(move |conn| reader::receipts(conn, viewer, conv))
+            .await
     }
 
     async fn members(&self, conv: ConvId) -> Result<Arc<[UserId]>> {
         if let Some(members) = self.shared.members.read().get(&conv) {
             return Ok(Arc::clone(members));
         }
-        self.reads.run(move |conn| reader::members(conn, conv)).await
+        self.reads
+            .run(move |conn| reader::members(conn, conv))
+            .await
     }
 
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
-        self.reads.run(move |conn| reader::contacts(conn, user)).await
+        self.reads
+            .run(move |conn| reader::contacts(conn, user))
+            .await
     }
 
     async fn set_last_seen(&self, user: UserId, at_ms: i64) -> Result<()> {
-        self.call(|reply| Command::SetLastSeen { user, at: at_ms, reply }).await
+        self.call(|reply| Command::SetLastSeen {
+            user,
+            at: at_ms,
+            reply,
+        })
+        .await
     }
 
     async fn last_seen(&self, user: UserId) -> Result<Option<i64>> {
-        self.reads.run(move |conn| reader::last_seen(conn, user)).await
+        self.reads
+            .run(move |conn| reader::last_seen(conn, user))
+            .await
     }
 
     async fn search(&self, viewer: UserId, query: SearchQuery) -> Result<SearchResults> {
@@ -371,7 +438,8 @@ impl Store for SqliteStore {
                         next_cursor: None,
                     });
                 }
-                search.with_reader(|index| reader::search(conn, index, &visible, &query, candidates))
+                search
+                    .with_reader(|index| reader::search(conn, index, &visible, &query, candidates))
             })
             .await
     }

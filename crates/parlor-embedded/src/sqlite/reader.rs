@@ -6,10 +6,12 @@ use parking_lot::Mutex;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
 use parlor_proto::rest::{
-    ConversationDetail, ConversationInfo, ConversationKind, ConversationSummary, History, MemberView,
-    MessageView, Receipt, Receipts, SearchHit, SearchResults, SeqCount, UserView,
+    ConversationDetail, ConversationInfo, ConversationKind, ConversationSummary, History,
+    MemberView, MessageView, Receipt, Receipts, SearchHit, SearchResults, SeqCount, UserView,
 };
-use parlor_proto::ws::{DeletedEvent, EditedEvent, MemberEvent, MessageEvent, ReadEvent, ServerFrame};
+use parlor_proto::ws::{
+    DeletedEvent, EditedEvent, MemberEvent, MessageEvent, ReadEvent, ServerFrame,
+};
 use parlor_proto::Id;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::collections::VecDeque;
@@ -108,9 +110,14 @@ fn message_view(row: &Row<'_>) -> rusqlite::Result<MessageView> {
 }
 
 pub fn message_by_seq(conn: &Connection, conv: ConvId, seq: u64) -> Result<Option<MessageView>> {
-    conn.prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND seq = ?2"))
-        .and_then(|mut s| s.query_row(params![conv.0 as i64, seq as i64], message_view).optional())
-        .map_err(db_err)
+    conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND seq = ?2"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![conv.0 as i64, seq as i64], message_view)
+            .optional()
+    })
+    .map_err(db_err)
 }
 
 fn conversation_info(conn: &Connection, conv: ConvId) -> Result<Option<ConversationInfo>> {
@@ -134,7 +141,8 @@ fn conversation_info(conn: &Connection, conv: ConvId) -> Result<Option<Conversat
 }
 
 pub fn conversation(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<ConversationDetail> {
-    let info = conversation_info(conn, conv)?.ok_or_else(|| Error::not_found("conversation not found"))?;
+    let info =
+        conversation_info(conn, conv)?.ok_or_else(|| Error::not_found("conversation not found"))?;
     let mut members = Vec::new();
     let mut is_member = false;
     {
@@ -242,15 +250,23 @@ pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<Conversati
             unread: last_seq - read_seq,
         });
     }
-    let activity = |c: &ConversationSummary| c.last_message.as_ref().map_or(c.info.created_at, |m| m.ts);
-    out.sort_by(|a, b| activity(b).cmp(&activity(a)).then(b.info.id.cmp(&a.info.id)));
+    let activity =
+        |c: &ConversationSummary| c.last_message.as_ref().map_or(c.info.created_at, |m| m.ts);
+    out.sort_by(|a, b| {
+        activity(b)
+            .cmp(&activity(a))
+            .then(b.info.id.cmp(&a.info.id))
+    });
     Ok(out)
 }
 
 pub fn history(conn: &Connection, viewer: UserId, conv: ConvId, page: Page) -> Result<History> {
     let membership: Option<Option<i64>> = conn
         .prepare_cached("SELECT left_seq FROM members WHERE conv_id = ?1 AND user_id = ?2")
-        .and_then(|mut s| s.query_row(params![conv.0 as i64, viewer.0 as i64], |r| r.get(0)).optional())
+        .and_then(|mut s| {
+            s.query_row(params![conv.0 as i64, viewer.0 as i64], |r| r.get(0))
+                .optional()
+        })
         .map_err(db_err)?;
     let Some(left_seq) = membership else {
         return Err(match conversation_info(conn, conv)? {
@@ -261,8 +277,18 @@ pub fn history(conn: &Connection, viewer: UserId, conv: ConvId, page: Page) -> R
     let bound = left_seq.unwrap_or(i64::MAX);
     let (sql, anchor, limit, descending) = match page {
         Page::Latest { limit } => ("seq <= ?2 ORDER BY seq DESC", i64::MAX, limit, true),
-        Page::Before { before, limit } => ("seq < ?4 AND seq <= ?2 ORDER BY seq DESC", clamp(before), limit, true),
-        Page::After { after, limit } => ("seq > ?4 AND seq <= ?2 ORDER BY seq ASC", clamp(after), limit, false),
+        Page::Before { before, limit } => (
+            "seq < ?4 AND seq <= ?2 ORDER BY seq DESC",
+            clamp(before),
+            limit,
+            true,
+        ),
+        Page::After { after, limit } => (
+            "seq > ?4 AND seq <= ?2 ORDER BY seq ASC",
+            clamp(after),
+            limit,
+            false,
+        ),
     };
     let mut stmt = conn
         .prepare_cached(&format!(
@@ -312,7 +338,13 @@ pub struct BacklogState {
 }
 
 impl BacklogState {
-    pub async fn start(pool: Arc<ReadPool>, user: UserId, since: u64, head: u64, page: u32) -> Result<Self> {
+    pub async fn start(
+        pool: Arc<ReadPool>,
+        user: UserId,
+        since: u64,
+        head: u64,
+        page: u32,
+    ) -> Result<Self> {
         let (cursors, other) = pool
             .run(move |conn| load_backlog_sources(conn, user, since, head))
             .await?;
@@ -336,7 +368,10 @@ impl BacklogState {
             .collect();
         if !wanted.is_empty() {
             let chunk = self.chunk;
-            let fetched = self.pool.run(move |conn| fetch_chunks(conn, &wanted, chunk)).await;
+            let fetched = self
+                .pool
+                .run(move |conn| fetch_chunks(conn, &wanted, chunk))
+                .await;
             let fetched = match fetched {
                 Ok(f) => f,
                 Err(e) => return Some(Err(e)),
@@ -377,7 +412,11 @@ impl BacklogState {
             };
             out.extend(event);
         }
-        let finished = self.other.is_empty() && self.cursors.iter().all(|c| c.exhausted && c.buffered.is_empty());
+        let finished = self.other.is_empty()
+            && self
+                .cursors
+                .iter()
+                .all(|c| c.exhausted && c.buffered.is_empty());
         if out.is_empty() && finished {
             None
         } else {
@@ -386,7 +425,12 @@ impl BacklogState {
     }
 }
 
-fn load_backlog_sources(conn: &Connection, user: UserId, since: u64, head: u64) -> Result<(Vec<Cursor>, VecDeque<Event>)> {
+fn load_backlog_sources(
+    conn: &Connection,
+    user: UserId,
+    since: u64,
+    head: u64,
+) -> Result<(Vec<Cursor>, VecDeque<Event>)> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT conv_id, joined_pos, left_pos, read_pos, read_seq FROM members
@@ -507,7 +551,11 @@ fn load_backlog_sources(conn: &Connection, user: UserId, since: u64, head: u64) 
     Ok((cursors, other.into()))
 }
 
-fn fetch_chunks(conn: &Connection, wanted: &[(usize, i64, u64, u64)], chunk: u32) -> Result<Vec<(usize, Vec<Event>)>> {
+fn fetch_chunks(
+    conn: &Connection,
+    wanted: &[(usize, i64, u64, u64)],
+    chunk: u32,
+) -> Result<Vec<(usize, Vec<Event>)>> {
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_by_pos
@@ -517,19 +565,25 @@ fn fetch_chunks(conn: &Connection, wanted: &[(usize, i64, u64, u64)], chunk: u32
     let mut out = Vec::with_capacity(wanted.len());
     for &(index, conv, after, upper) in wanted {
         let rows = stmt
-            .query_map(params![conv, clamp(after), clamp(upper), i64::from(chunk)], |r| {
-                let pos = r.get::<_, i64>(7)? as u64;
-                Ok(Event {
-                    pos,
-                    recipients: Arc::from(Vec::new()),
-                    frame: ServerFrame::Message(MessageEvent {
-                        pos: Id(pos),
-                        message: message_view(r)?,
-                    }),
-                })
-            })
+            .query_map(
+                params![conv, clamp(after), clamp(upper), i64::from(chunk)],
+                |r| {
+                    let pos = r.get::<_, i64>(7)? as u64;
+                    Ok(Event {
+                        pos,
+                        recipients: Arc::from(Vec::new()),
+                        frame: ServerFrame::Message(MessageEvent {
+                            pos: Id(pos),
+                            message: message_view(r)?,
+                        }),
+                    })
+                },
+            )
             .map_err(db_err)?;
-        out.push((index, rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?));
+        out.push((
+            index,
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(db_err)?,
+        ));
     }
     Ok(out)
 }
@@ -565,17 +619,23 @@ pub fn receipts(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<Recei
     // "Read by N": for each of the newest messages, the other members whose marker is at
     // or past it (the sender's own marker does not count).
     let mut senders = conn
-        .prepare_cached("SELECT seq, sender FROM messages WHERE conv_id = ?1 AND seq > ?2 ORDER BY seq")
+        .prepare_cached(
+            "SELECT seq, sender FROM messages WHERE conv_id = ?1 AND seq > ?2 ORDER BY seq",
+        )
         .map_err(db_err)?;
     let read_counts = senders
-        .query_map(params![conv.0 as i64, last_seq.saturating_sub(50) as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, id(r, 1)?))
-        })
+        .query_map(
+            params![conv.0 as i64, last_seq.saturating_sub(50) as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, id(r, 1)?)),
+        )
         .map_err(db_err)?
         .map(|row| {
             row.map(|(seq, sender)| SeqCount {
                 seq,
-                read_by: receipts.iter().filter(|r| r.user != sender && r.read_seq >= seq).count() as u32,
+                read_by: receipts
+                    .iter()
+                    .filter(|r| r.user != sender && r.read_seq >= seq)
+                    .count() as u32,
             })
         })
         .collect::<rusqlite::Result<Vec<_>>>()
@@ -590,7 +650,9 @@ pub fn receipts(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<Recei
 
 pub fn members(conn: &Connection, conv: ConvId) -> Result<Arc<[UserId]>> {
     let mut stmt = conn
-        .prepare_cached("SELECT user_id FROM members WHERE conv_id = ?1 AND left_pos IS NULL ORDER BY user_id")
+        .prepare_cached(
+            "SELECT user_id FROM members WHERE conv_id = ?1 AND left_pos IS NULL ORDER BY user_id",
+        )
         .map_err(db_err)?;
     let users = stmt
         .query_map([conv.0 as i64], |r| id(r, 0))
@@ -621,25 +683,40 @@ pub fn contacts(conn: &Connection, user: UserId) -> Result<Vec<UserId>> {
 
 pub fn last_seen(conn: &Connection, user: UserId) -> Result<Option<i64>> {
     conn.prepare_cached("SELECT last_seen FROM users WHERE id = ?1")
-        .and_then(|mut s| s.query_row([user.0 as i64], |r| r.get::<_, Option<i64>>(0)).optional())
+        .and_then(|mut s| {
+            s.query_row([user.0 as i64], |r| r.get::<_, Option<i64>>(0))
+                .optional()
+        })
         .map(Option::flatten)
         .map_err(db_err)
 }
 
 /// Conversations the viewer may search, with the last `seq` they may read (`None`: all).
-pub fn searchable(conn: &Connection, viewer: UserId, only: Option<ConvId>) -> Result<Vec<(i64, Option<u64>)>> {
+pub fn searchable(
+    conn: &Connection,
+    viewer: UserId,
+    only: Option<ConvId>,
+) -> Result<Vec<(i64, Option<u64>)>> {
     let mut stmt = conn
         .prepare_cached("SELECT conv_id, left_seq FROM members WHERE user_id = ?1")
         .map_err(db_err)?;
     let all = stmt
-        .query_map([viewer.0 as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?.map(|s| s as u64))))
+        .query_map([viewer.0 as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<i64>>(1)?.map(|s| s as u64),
+            ))
+        })
         .map_err(db_err)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(db_err)?;
     match only {
         None => Ok(all),
         Some(conv) => {
-            let visible: Vec<_> = all.into_iter().filter(|(c, _)| *c == conv.0 as i64).collect();
+            let visible: Vec<_> = all
+                .into_iter()
+                .filter(|(c, _)| *c == conv.0 as i64)
+                .collect();
             if visible.is_empty() {
                 return Err(match conversation_info(conn, conv)? {
                     Some(_) => Error::not_member(),
@@ -662,7 +739,11 @@ pub fn search(
     let bounds: std::collections::HashMap<i64, Option<u64>> = visible.iter().copied().collect();
     let conv_list = format!(
         "[{}]",
-        visible.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>().join(",")
+        visible
+            .iter()
+            .map(|(c, _)| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     // The newest `candidates` visible matches are ranked by BM25; ranking every match of
     // a common word over millions of rows would be unbounded work.
@@ -710,11 +791,14 @@ pub fn search(
             more = true;
             break;
         }
-        let Some(message) = message_by_seq(main, Id(conv as u64), seq)? else { continue };
+        let Some(message) = message_by_seq(main, Id(conv as u64), seq)? else {
+            continue;
+        };
         if message.deleted {
             continue;
         }
-        let (snippet, highlights) = parlor_core::search::snippet(&message.text, &query.query.terms, 160);
+        let (snippet, highlights) =
+            parlor_core::search::snippet(&message.text, &query.query.terms, 160);
         hits.push(SearchHit {
             message,
             snippet,

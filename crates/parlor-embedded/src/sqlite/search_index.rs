@@ -58,7 +58,11 @@ fn open_index(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version != TOKENIZER_VERSION {
-        tracing::info!(from = version, to = TOKENIZER_VERSION, "rebuilding the search index");
+        tracing::info!(
+            from = version,
+            to = TOKENIZER_VERSION,
+            "rebuilding the search index"
+        );
         conn.execute_batch("DROP TABLE IF EXISTS message_fts; DROP TABLE IF EXISTS index_state;")?;
         conn.pragma_update(None, "user_version", TOKENIZER_VERSION)?;
     }
@@ -100,7 +104,10 @@ fn apply(conn: &Connection, ops: &[(u64, IndexOp)]) -> rusqlite::Result<()> {
                 }
             }
         }
-        tx.execute("UPDATE index_state SET applied_pos = MAX(applied_pos, ?1) WHERE id = 1", [applied as i64])?;
+        tx.execute(
+            "UPDATE index_state SET applied_pos = MAX(applied_pos, ?1) WHERE id = 1",
+            [applied as i64],
+        )?;
     }
     tx.commit()
 }
@@ -179,7 +186,11 @@ impl SearchIndex {
     pub fn open(dir: &Path, main: &Connection) -> anyhow::Result<Arc<Self>> {
         let path = dir.join(SEARCH_FILE);
         let conn = open_index(&path)?;
-        let applied: i64 = conn.query_row("SELECT applied_pos FROM index_state WHERE id = 1", [], |r| r.get(0))?;
+        let applied: i64 = conn.query_row(
+            "SELECT applied_pos FROM index_state WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )?;
         let backlog = missed(main, applied as u64)?;
         if !backlog.is_empty() {
             tracing::info!(operations = backlog.len(), "search index catching up");

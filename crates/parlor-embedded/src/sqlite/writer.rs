@@ -14,7 +14,8 @@ use parlor_core::rules::membership;
 use parlor_core::snowflake::Snowflake;
 use parlor_proto::rest::{ConversationInfo, ConversationKind, MessageView, Role, UserView};
 use parlor_proto::ws::{
-    DeletedEvent, DeliveredEvent, EditedEvent, MemberChange, MemberEvent, MessageEvent, ReadEvent, ServerFrame,
+    DeletedEvent, DeliveredEvent, EditedEvent, MemberChange, MemberEvent, MessageEvent, ReadEvent,
+    ServerFrame,
 };
 use parlor_proto::{ErrorCode, Id};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -189,7 +190,8 @@ impl Writer {
                 ids.observe(max as u64);
             }
         }
-        let max_msg: Option<i64> = conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
+        let max_msg: Option<i64> =
+            conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
         if let Some(max) = max_msg {
             ids.observe(max as u64);
         }
@@ -245,7 +247,9 @@ impl Writer {
         for command in batch.drain(..) {
             self.execute(command);
         }
-        let committed = self.flush_sender_reads().and_then(|()| self.conn.execute_batch("COMMIT"));
+        let committed = self
+            .flush_sender_reads()
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
         let ok = match committed {
             Ok(()) => true,
             Err(e) => {
@@ -347,7 +351,11 @@ impl Writer {
                 let result = self.savepoint(|w| w.create_group(owner, name, &members, limit));
                 self.finish(reply, result)
             }
-            Command::Membership { command, limit, reply } => {
+            Command::Membership {
+                command,
+                limit,
+                reply,
+            } => {
                 let conv = match &command {
                     MembershipCommand::Add { conv, .. }
                     | MembershipCommand::Remove { conv, .. }
@@ -361,7 +369,12 @@ impl Writer {
                 }
                 self.finish(reply, result)
             }
-            Command::MarkRead { user, conv, seq, reply } => {
+            Command::MarkRead {
+                user,
+                conv,
+                seq,
+                reply,
+            } => {
                 let result = self.mark_read(user, conv, seq);
                 self.finish(reply, result)
             }
@@ -379,11 +392,21 @@ impl Writer {
                 let result = self.savepoint(|w| w.edit(actor, conv, seq, text));
                 self.finish(reply, result)
             }
-            Command::Delete { actor, conv, seq, reply } => {
+            Command::Delete {
+                actor,
+                conv,
+                seq,
+                reply,
+            } => {
                 let result = self.savepoint(|w| w.delete(actor, conv, seq));
                 self.finish(reply, result)
             }
-            Command::Delivered { user, conv, seq, reply } => {
+            Command::Delivered {
+                user,
+                conv,
+                seq,
+                reply,
+            } => {
                 let result = self.delivered(user, conv, seq);
                 self.finish(reply, result)
             }
@@ -403,7 +426,11 @@ impl Writer {
     /// commit fails, so nothing is acknowledged that is not stored.
     fn finish<T: Send + 'static>(&mut self, reply: Reply<T>, result: Result<T>) {
         self.replies.push(Box::new(move |committed| {
-            let result = if committed { result } else { Err(Error::unavailable()) };
+            let result = if committed {
+                result
+            } else {
+                Err(Error::unavailable())
+            };
             let _ = reply.send(result);
         }));
     }
@@ -441,12 +468,24 @@ impl Writer {
             .and_then(|mut s| s.execute(params![id as i64, username, password_hash, now_ms()]))
             .map_err(db_err)?;
         if inserted == 0 {
-            return Err(Error::new(ErrorCode::UsernameTaken, "username is already taken"));
+            return Err(Error::new(
+                ErrorCode::UsernameTaken,
+                "username is already taken",
+            ));
         }
-        Ok(UserView { id: Id(id), username })
+        Ok(UserView {
+            id: Id(id),
+            username,
+        })
     }
 
-    fn create_session(&mut self, user: UserId, device_name: &str, hash: [u8; 32], expires_at: i64) -> Result<DeviceId> {
+    fn create_session(
+        &mut self,
+        user: UserId,
+        device_name: &str,
+        hash: [u8; 32],
+        expires_at: i64,
+    ) -> Result<DeviceId> {
         let id = self.ids.next_id(now_ms());
         self.conn
             .prepare_cached(
@@ -458,7 +497,12 @@ impl Writer {
         Ok(Id(id))
     }
 
-    fn rotate_refresh(&mut self, presented: [u8; 32], next: [u8; 32], expires_at: i64) -> Result<RefreshOutcome> {
+    fn rotate_refresh(
+        &mut self,
+        presented: [u8; 32],
+        next: [u8; 32],
+        expires_at: i64,
+    ) -> Result<RefreshOutcome> {
         let current: Option<(i64, i64, i64, bool)> = self
             .conn
             .query_row(
@@ -485,13 +529,19 @@ impl Writer {
         }
         let reused: Option<i64> = self
             .conn
-            .query_row("SELECT id FROM sessions WHERE previous_hash = ?1", [&presented[..]], |r| r.get(0))
+            .query_row(
+                "SELECT id FROM sessions WHERE previous_hash = ?1",
+                [&presented[..]],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(db_err)?;
         match reused {
             Some(id) => {
                 self.revoke(Id(id as u64))?;
-                Ok(RefreshOutcome::Reused { device: Id(id as u64) })
+                Ok(RefreshOutcome::Reused {
+                    device: Id(id as u64),
+                })
             }
             None => Ok(RefreshOutcome::Invalid),
         }
@@ -499,7 +549,10 @@ impl Writer {
 
     fn revoke(&mut self, device: DeviceId) -> Result<()> {
         self.conn
-            .execute("UPDATE sessions SET revoked = 1 WHERE id = ?1", [device.0 as i64])
+            .execute(
+                "UPDATE sessions SET revoked = 1 WHERE id = ?1",
+                [device.0 as i64],
+            )
             .map_err(db_err)?;
         // Visible to readers before the commit: revocation errs on the safe side.
         self.shared.revoked.write().insert(device.0);
@@ -519,7 +572,10 @@ impl Writer {
             let row: Option<(i64, Option<String>, i64)> = self
                 .conn
                 .prepare_cached("SELECT kind, name, created_at FROM conversations WHERE id = ?1")
-                .and_then(|mut s| s.query_row([conv.0 as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
+                .and_then(|mut s| {
+                    s.query_row([conv.0 as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
                 .map_err(db_err)?;
             let Some((kind, name, created_at)) = row else {
                 return Ok(None);
@@ -528,10 +584,14 @@ impl Writer {
             {
                 let mut stmt = self
                     .conn
-                    .prepare_cached("SELECT user_id, role FROM members WHERE conv_id = ?1 AND left_pos IS NULL")
+                    .prepare_cached(
+                        "SELECT user_id, role FROM members WHERE conv_id = ?1 AND left_pos IS NULL",
+                    )
                     .map_err(db_err)?;
                 let rows = stmt
-                    .query_map([conv.0 as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .query_map([conv.0 as i64], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })
                     .map_err(db_err)?;
                 for row in rows {
                     let (user, role) = row.map_err(db_err)?;
@@ -546,7 +606,11 @@ impl Writer {
             let mut state = ConvState {
                 info: ConversationInfo {
                     id: conv,
-                    kind: if kind == 0 { ConversationKind::Direct } else { ConversationKind::Group },
+                    kind: if kind == 0 {
+                        ConversationKind::Direct
+                    } else {
+                        ConversationKind::Group
+                    },
                     name,
                     created_at,
                 },
@@ -555,7 +619,10 @@ impl Writer {
                 recipients: Arc::from(Vec::new()),
             };
             state.refresh_recipients();
-            self.shared.members.write().insert(conv, Arc::clone(&state.recipients));
+            self.shared
+                .members
+                .write()
+                .insert(conv, Arc::clone(&state.recipients));
             self.convs.insert(conv, state);
         }
         Ok(self.convs.get_mut(&conv))
@@ -606,7 +673,13 @@ impl Writer {
         Ok(pos)
     }
 
-    fn insert_member(&mut self, conv: ConvId, user: UserId, role: Role, joined_pos: u64) -> Result<()> {
+    fn insert_member(
+        &mut self,
+        conv: ConvId,
+        user: UserId,
+        role: Role,
+        joined_pos: u64,
+    ) -> Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO members (conv_id, user_id, role, joined_pos) VALUES (?1, ?2, ?3, ?4)
@@ -618,7 +691,14 @@ impl Writer {
         Ok(())
     }
 
-    fn create_conversation(&mut self, kind: ConversationKind, name: Option<String>, direct_key: Option<String>, members: &[(UserId, Role)], actor: UserId) -> Result<ConversationInfo> {
+    fn create_conversation(
+        &mut self,
+        kind: ConversationKind,
+        name: Option<String>,
+        direct_key: Option<String>,
+        members: &[(UserId, Role)],
+        actor: UserId,
+    ) -> Result<ConversationInfo> {
         let now = now_ms();
         let id = Id(self.ids.next_id(now));
         let info = ConversationInfo {
@@ -643,7 +723,14 @@ impl Writer {
         for &(user, role) in members {
             // Each new member learns about the conversation through their own event; the
             // others see the member list in the conversation itself.
-            let pos = self.member_event(&info, user, MemberChange::Added, actor, Some(role), Arc::from(vec![user]))?;
+            let pos = self.member_event(
+                &info,
+                user,
+                MemberChange::Added,
+                actor,
+                Some(role),
+                Arc::from(vec![user]),
+            )?;
             self.insert_member(id, user, role, pos)?;
         }
         let mut state = ConvState {
@@ -653,7 +740,10 @@ impl Writer {
             recipients: Arc::from(Vec::new()),
         };
         state.refresh_recipients();
-        self.shared.members.write().insert(id, Arc::clone(&state.recipients));
+        self.shared
+            .members
+            .write()
+            .insert(id, Arc::clone(&state.recipients));
         self.convs.insert(id, state);
         Ok(info)
     }
@@ -686,7 +776,13 @@ impl Writer {
         Ok((info, true))
     }
 
-    fn create_group(&mut self, owner: UserId, name: String, members: &[UserId], limit: u32) -> Result<ConversationInfo> {
+    fn create_group(
+        &mut self,
+        owner: UserId,
+        name: String,
+        members: &[UserId],
+        limit: u32,
+    ) -> Result<ConversationInfo> {
         membership::within_limit(1, members.len() as u32, limit)?;
         let mut all = Vec::with_capacity(members.len() + 1);
         all.push((owner, Role::Owner));
@@ -714,7 +810,9 @@ impl Writer {
             | MembershipCommand::Leave { conv, .. }
             | MembershipCommand::SetRole { conv, .. } => *conv,
         };
-        let state = self.conv(conv_id)?.ok_or_else(|| Error::not_found("conversation not found"))?;
+        let state = self
+            .conv(conv_id)?
+            .ok_or_else(|| Error::not_found("conversation not found"))?;
         if state.info.kind == ConversationKind::Direct {
             return Err(Error::forbidden("direct conversations have fixed members"));
         }
@@ -736,7 +834,14 @@ impl Writer {
                 let mut after = roles;
                 after.insert(user, Role::Member);
                 let recipients = sorted(after.keys());
-                let pos = self.member_event(&info, user, MemberChange::Added, actor, Some(Role::Member), recipients)?;
+                let pos = self.member_event(
+                    &info,
+                    user,
+                    MemberChange::Added,
+                    actor,
+                    Some(Role::Member),
+                    recipients,
+                )?;
                 self.insert_member(conv_id, user, Role::Member, pos)?;
                 self.set_member_count(conv_id, after.len())?;
                 self.store_roles(conv_id, after);
@@ -756,7 +861,9 @@ impl Writer {
                     self.hand_over_ownership(&info, remaining, user)?;
                 }
             }
-            MembershipCommand::SetRole { actor, user, role, .. } => {
+            MembershipCommand::SetRole {
+                actor, user, role, ..
+            } => {
                 let actor_role = role_of(actor).ok_or_else(Error::not_member)?;
                 let target = role_of(user).ok_or_else(|| Error::not_found("not a member"))?;
                 membership::can_set_role(actor_role, target, role)?;
@@ -773,11 +880,22 @@ impl Writer {
         if let Some(state) = self.convs.get_mut(&conv) {
             state.roles = roles;
             state.refresh_recipients();
-            self.shared.members.write().insert(conv, Arc::clone(&state.recipients));
+            self.shared
+                .members
+                .write()
+                .insert(conv, Arc::clone(&state.recipients));
         }
     }
 
-    fn depart(&mut self, info: &ConversationInfo, roles: HashMap<UserId, Role>, user: UserId, actor: UserId, change: MemberChange, last_seq: u64) -> Result<()> {
+    fn depart(
+        &mut self,
+        info: &ConversationInfo,
+        roles: HashMap<UserId, Role>,
+        user: UserId,
+        actor: UserId,
+        change: MemberChange,
+        last_seq: u64,
+    ) -> Result<()> {
         // The departing member is among the recipients: they must learn they are out.
         let recipients = sorted(roles.keys());
         let pos = self.member_event(info, user, change, actor, None, recipients)?;
@@ -792,9 +910,23 @@ impl Writer {
         Ok(())
     }
 
-    fn change_role(&mut self, info: &ConversationInfo, roles: HashMap<UserId, Role>, user: UserId, role: Role, actor: UserId) -> Result<()> {
+    fn change_role(
+        &mut self,
+        info: &ConversationInfo,
+        roles: HashMap<UserId, Role>,
+        user: UserId,
+        role: Role,
+        actor: UserId,
+    ) -> Result<()> {
         let recipients = sorted(roles.keys());
-        self.member_event(info, user, MemberChange::Role, actor, Some(role), recipients)?;
+        self.member_event(
+            info,
+            user,
+            MemberChange::Role,
+            actor,
+            Some(role),
+            recipients,
+        )?;
         self.conn
             .prepare_cached("UPDATE members SET role = ?3 WHERE conv_id = ?1 AND user_id = ?2")
             .and_then(|mut s| s.execute(params![info.id.0 as i64, user.0 as i64, role_code(role)]))
@@ -807,7 +939,12 @@ impl Writer {
 
     /// A group never stays without an owner while it has members: the longest-standing
     /// admin takes over, or else the longest-standing member.
-    fn hand_over_ownership(&mut self, info: &ConversationInfo, remaining: HashMap<UserId, Role>, former: UserId) -> Result<()> {
+    fn hand_over_ownership(
+        &mut self,
+        info: &ConversationInfo,
+        remaining: HashMap<UserId, Role>,
+        former: UserId,
+    ) -> Result<()> {
         if remaining.is_empty() {
             return Ok(());
         }
@@ -827,12 +964,17 @@ impl Writer {
     }
 
     fn mark_read(&mut self, user: UserId, conv: ConvId, seq: u64) -> Result<u64> {
-        let state = self.conv(conv)?.ok_or_else(|| Error::not_found("conversation not found"))?;
+        let state = self
+            .conv(conv)?
+            .ok_or_else(|| Error::not_found("conversation not found"))?;
         if !state.roles.contains_key(&user) {
             return Err(Error::not_member());
         }
         if seq > state.last_seq {
-            return Err(Error::new(ErrorCode::BadRequest, "cannot mark read beyond the last message"));
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                "cannot mark read beyond the last message",
+            ));
         }
         self.flush_sender_reads().map_err(db_err)?;
         let current: i64 = self
@@ -895,7 +1037,8 @@ impl Writer {
             mentions,
             mention_all,
         } = message;
-        let is_member = matches!(self.conv(conv)?, Some(state) if state.roles.contains_key(&sender));
+        let is_member =
+            matches!(self.conv(conv)?, Some(state) if state.roles.contains_key(&sender));
         if !is_member {
             // A late retry of a stored message still gets its acknowledgement, even if
             // the sender has left since.
@@ -916,7 +1059,10 @@ impl Writer {
         // nothing behind without needing a savepoint on this hot path.
         if let Some(target) = reply_to {
             if target == 0 || target > state.last_seq {
-                return Err(Error::new(ErrorCode::BadRequest, "reply_to names no message of this conversation"));
+                return Err(Error::new(
+                    ErrorCode::BadRequest,
+                    "reply_to names no message of this conversation",
+                ));
             }
         }
         if let Some(stranger) = mentions.iter().find(|u| !state.roles.contains_key(u)) {
@@ -933,8 +1079,13 @@ impl Writer {
         let ts = now_ms();
         let id = self.ids.next_id(ts);
         let pos = self.pos + 1;
-        let mention_list = (!mentions.is_empty())
-            .then(|| mentions.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(" "));
+        let mention_list = (!mentions.is_empty()).then(|| {
+            mentions
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         let inserted = self
             .conn
             .prepare_cached(
@@ -964,10 +1115,13 @@ impl Writer {
         if !mentions.is_empty() {
             let mut stmt = self
                 .conn
-                .prepare_cached("INSERT OR IGNORE INTO mentions (user_id, conv_id, seq) VALUES (?1, ?2, ?3)")
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO mentions (user_id, conv_id, seq) VALUES (?1, ?2, ?3)",
+                )
                 .map_err(db_err)?;
             for user in &mentions {
-                stmt.execute(params![user.0 as i64, conv.0 as i64, seq as i64]).map_err(db_err)?;
+                stmt.execute(params![user.0 as i64, conv.0 as i64, seq as i64])
+                    .map_err(db_err)?;
             }
         }
         self.pos = pos;
@@ -1022,17 +1176,30 @@ impl Writer {
     /// The stored message `seq` of `conv`: (id, sender, deleted).
     fn message_row(&self, conv: ConvId, seq: u64) -> Result<Option<(u64, UserId, bool)>> {
         self.conn
-            .prepare_cached("SELECT id, sender, deleted FROM messages WHERE conv_id = ?1 AND seq = ?2")
+            .prepare_cached(
+                "SELECT id, sender, deleted FROM messages WHERE conv_id = ?1 AND seq = ?2",
+            )
             .and_then(|mut s| {
                 s.query_row(params![conv.0 as i64, seq as i64], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, Id(r.get::<_, i64>(1)? as u64), r.get::<_, bool>(2)?))
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        Id(r.get::<_, i64>(1)? as u64),
+                        r.get::<_, bool>(2)?,
+                    ))
                 })
                 .optional()
             })
             .map_err(db_err)
     }
 
-    fn record_change(&mut self, conv: ConvId, seq: u64, kind: i64, actor: UserId, at: i64) -> Result<u64> {
+    fn record_change(
+        &mut self,
+        conv: ConvId,
+        seq: u64,
+        kind: i64,
+        actor: UserId,
+        at: i64,
+    ) -> Result<u64> {
         let pos = self.next_pos();
         self.conn
             .prepare_cached(
@@ -1043,8 +1210,14 @@ impl Writer {
         Ok(pos)
     }
 
-    fn member_state(&mut self, user: UserId, conv: ConvId) -> Result<(Role, Arc<[UserId]>, ConversationKind)> {
-        let state = self.conv(conv)?.ok_or_else(|| Error::not_found("conversation not found"))?;
+    fn member_state(
+        &mut self,
+        user: UserId,
+        conv: ConvId,
+    ) -> Result<(Role, Arc<[UserId]>, ConversationKind)> {
+        let state = self
+            .conv(conv)?
+            .ok_or_else(|| Error::not_found("conversation not found"))?;
         let role = *state.roles.get(&user).ok_or_else(Error::not_member)?;
         Ok((role, Arc::clone(&state.recipients), state.info.kind))
     }
@@ -1058,15 +1231,21 @@ impl Writer {
             return Err(Error::forbidden("only the sender can edit a message"));
         }
         if deleted {
-            return Err(Error::new(ErrorCode::Conflict, "a deleted message cannot be edited"));
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "a deleted message cannot be edited",
+            ));
         }
         let at = now_ms();
         self.conn
-            .prepare_cached("UPDATE messages SET body = ?3, edited_at = ?4 WHERE conv_id = ?1 AND seq = ?2")
+            .prepare_cached(
+                "UPDATE messages SET body = ?3, edited_at = ?4 WHERE conv_id = ?1 AND seq = ?2",
+            )
             .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64, text, at]))
             .map_err(db_err)?;
         let pos = self.record_change(conv, seq, 0, actor, at)?;
-        let view = super::reader::message_by_seq(&self.conn, conv, seq)?.ok_or_else(Error::internal)?;
+        let view =
+            super::reader::message_by_seq(&self.conn, conv, seq)?.ok_or_else(Error::internal)?;
         if self.search.is_some() {
             self.index_ops.push((
                 pos,
@@ -1101,9 +1280,12 @@ impl Writer {
         let (id, sender, deleted) = self
             .message_row(conv, seq)?
             .ok_or_else(|| Error::not_found("message not found"))?;
-        let moderator = kind == ConversationKind::Group && matches!(role, Role::Owner | Role::Admin);
+        let moderator =
+            kind == ConversationKind::Group && matches!(role, Role::Owner | Role::Admin);
         if sender != actor && !moderator {
-            return Err(Error::forbidden("only the sender, or a group's owner and admins, can delete a message"));
+            return Err(Error::forbidden(
+                "only the sender, or a group's owner and admins, can delete a message",
+            ));
         }
         if deleted {
             return Ok(());
@@ -1114,9 +1296,15 @@ impl Writer {
             .prepare_cached("SELECT mentions FROM messages WHERE conv_id = ?1 AND seq = ?2")
             .and_then(|mut s| s.query_row(params![conv.0 as i64, seq as i64], |r| r.get(0)))
             .map_err(db_err)?;
-        for user in mentioned.iter().flat_map(|m| m.split(' ')).filter_map(|u| u.parse::<i64>().ok()) {
+        for user in mentioned
+            .iter()
+            .flat_map(|m| m.split(' '))
+            .filter_map(|u| u.parse::<i64>().ok())
+        {
             self.conn
-                .prepare_cached("DELETE FROM mentions WHERE user_id = ?1 AND conv_id = ?2 AND seq = ?3")
+                .prepare_cached(
+                    "DELETE FROM mentions WHERE user_id = ?1 AND conv_id = ?2 AND seq = ?3",
+                )
                 .and_then(|mut s| s.execute(params![user, conv.0 as i64, seq as i64]))
                 .map_err(db_err)?;
         }
@@ -1152,7 +1340,10 @@ impl Writer {
         let (_, recipients, _) = self.member_state(user, conv)?;
         let last_seq = self.convs.get(&conv).map_or(0, |s| s.last_seq);
         if seq > last_seq {
-            return Err(Error::new(ErrorCode::BadRequest, "cannot mark delivered beyond the last message"));
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                "cannot mark delivered beyond the last message",
+            ));
         }
         let current: i64 = self
             .conn
@@ -1163,7 +1354,9 @@ impl Writer {
             return Ok(current as u64);
         }
         self.conn
-            .prepare_cached("UPDATE members SET delivered_seq = ?3 WHERE conv_id = ?1 AND user_id = ?2")
+            .prepare_cached(
+                "UPDATE members SET delivered_seq = ?3 WHERE conv_id = ?1 AND user_id = ?2",
+            )
             .and_then(|mut s| s.execute(params![conv.0 as i64, user.0 as i64, seq as i64]))
             .map_err(db_err)?;
         // Delivery markers are live-only: the current values are in `receipts`.

@@ -15,7 +15,10 @@ pub async fn register(
     ConnectInfo(crate::tls::ClientAddr(peer)): ConnectInfo<crate::tls::ClientAddr>,
     Body(req): Body<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
-    state.rate(&format!("register:ip:{}", peer.ip()), state.config.rate.register_per_ip.into())?;
+    state.rate(
+        &format!("register:ip:{}", peer.ip()),
+        state.config.rate.register_per_ip.into(),
+    )?;
     let username = rules::username(&req.username)?;
     rules::password(&req.password)?;
     if state.chat.store().user_by_name(&username).await?.is_some() {
@@ -27,8 +30,16 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-async fn issue(state: &AppState, user: UserView, device: Id, refresh_token: String) -> ApiResult<Json<TokenPair>> {
-    let access_token = state.auth.issue_access(Principal { user: user.id, device })?;
+async fn issue(
+    state: &AppState,
+    user: UserView,
+    device: Id,
+    refresh_token: String,
+) -> ApiResult<Json<TokenPair>> {
+    let access_token = state.auth.issue_access(Principal {
+        user: user.id,
+        device,
+    })?;
     Ok(Json(TokenPair {
         access_token,
         expires_in: state.auth.access_ttl_secs,
@@ -43,9 +54,15 @@ pub async fn login(
     ConnectInfo(crate::tls::ClientAddr(peer)): ConnectInfo<crate::tls::ClientAddr>,
     Body(req): Body<LoginRequest>,
 ) -> ApiResult<Json<TokenPair>> {
-    state.rate(&format!("login:ip:{}", peer.ip()), state.config.rate.login_per_ip.into())?;
+    state.rate(
+        &format!("login:ip:{}", peer.ip()),
+        state.config.rate.login_per_ip.into(),
+    )?;
     let username = req.username.trim().to_ascii_lowercase();
-    state.rate(&format!("login:user:{username}"), state.config.rate.login_per_user.into())?;
+    state.rate(
+        &format!("login:user:{username}"),
+        state.config.rate.login_per_user.into(),
+    )?;
     let credentials = match rules::username(&username) {
         Ok(name) => state.chat.store().credentials(&name).await?,
         Err(_) => None,
@@ -62,7 +79,12 @@ pub async fn login(
     let device = state
         .chat
         .store()
-        .create_session(credentials.user, &device_name, refresh_hash, state.auth.refresh_expiry_ms())
+        .create_session(
+            credentials.user,
+            &device_name,
+            refresh_hash,
+            state.auth.refresh_expiry_ms(),
+        )
         .await?;
     tracing::info!(user = %credentials.user, device = %device, "login");
     let user = UserView {
@@ -77,7 +99,10 @@ pub async fn refresh(
     ConnectInfo(crate::tls::ClientAddr(peer)): ConnectInfo<crate::tls::ClientAddr>,
     Body(req): Body<RefreshRequest>,
 ) -> ApiResult<Json<TokenPair>> {
-    state.rate(&format!("login:ip:{}", peer.ip()), state.config.rate.login_per_ip.into())?;
+    state.rate(
+        &format!("login:ip:{}", peer.ip()),
+        state.config.rate.login_per_ip.into(),
+    )?;
     let presented = hash_refresh(&req.refresh_token);
     let (refresh_token, next) = state.auth.new_refresh();
     let outcome = state
@@ -97,11 +122,17 @@ pub async fn refresh(
         }
         RefreshOutcome::Reused { device } => {
             tracing::warn!(device = %device, "refresh token reused, session revoked");
-            Err(Error::new(ErrorCode::TokenRevoked, "refresh token was already used; session revoked").into())
+            Err(Error::new(
+                ErrorCode::TokenRevoked,
+                "refresh token was already used; session revoked",
+            )
+            .into())
         }
-        RefreshOutcome::Invalid => {
-            Err(Error::new(ErrorCode::Unauthorized, "unknown, expired or revoked refresh token").into())
-        }
+        RefreshOutcome::Invalid => Err(Error::new(
+            ErrorCode::Unauthorized,
+            "unknown, expired or revoked refresh token",
+        )
+        .into()),
     }
 }
 
@@ -135,7 +166,11 @@ pub async fn user_by_name(
     Ok(Json(user))
 }
 
-pub async fn user(State(state): State<AppState>, Caller(_): Caller, PathParams(id): PathParams<Id>) -> ApiResult<Json<UserView>> {
+pub async fn user(
+    State(state): State<AppState>,
+    Caller(_): Caller,
+    PathParams(id): PathParams<Id>,
+) -> ApiResult<Json<UserView>> {
     let user = state
         .chat
         .store()
@@ -172,5 +207,7 @@ pub async fn set_status(
     Caller(me): Caller,
     Body(req): Body<parlor_proto::rest::StatusRequest>,
 ) -> ApiResult<Json<parlor_proto::rest::PresenceView>> {
-    Ok(Json(state.chat.set_status(me.user, req.status, req.text).await?))
+    Ok(Json(
+        state.chat.set_status(me.user, req.status, req.text).await?,
+    ))
 }

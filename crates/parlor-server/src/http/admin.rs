@@ -28,14 +28,23 @@ pub struct Admin;
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let Some(expected) = &state.config.admin_token else {
-            return Err(ApiError(Error::new(ErrorCode::NotFound, "no such endpoint")));
+            return Err(ApiError(Error::new(
+                ErrorCode::NotFound,
+                "no such endpoint",
+            )));
         };
         match bearer(parts) {
             Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(Admin),
             Some(_) => Err(ApiError(Error::forbidden("wrong admin credential"))),
-            None => Err(ApiError(Error::new(ErrorCode::Unauthorized, "missing admin credential"))),
+            None => Err(ApiError(Error::new(
+                ErrorCode::Unauthorized,
+                "missing admin credential",
+            ))),
         }
     }
 }
@@ -64,9 +73,20 @@ pub async fn create_users(
                 let user = store.create_user(&name, NO_PASSWORD).await?;
                 let (refresh_token, refresh_hash) = state.auth.new_refresh();
                 let device = store
-                    .create_session(user.id, "provisioned", refresh_hash, state.auth.refresh_expiry_ms())
+                    .create_session(
+                        user.id,
+                        "provisioned",
+                        refresh_hash,
+                        state.auth.refresh_expiry_ms(),
+                    )
                     .await?;
-                let access_token = state.auth.issue_access_for(Principal { user: user.id, device }, ttl)?;
+                let access_token = state.auth.issue_access_for(
+                    Principal {
+                        user: user.id,
+                        device,
+                    },
+                    ttl,
+                )?;
                 Ok::<_, Error>(ProvisionedUser {
                     id: user.id,
                     username: user.username,
@@ -89,7 +109,11 @@ pub async fn create_conversations(
     Body(req): Body<CreateConversationsRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedConversations>)> {
     if req.conversations.len() > MAX_CONVERSATIONS_PER_CALL {
-        return Err(Error::new(ErrorCode::BadRequest, "at most 100000 conversations per call").into());
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            "at most 100000 conversations per call",
+        )
+        .into());
     }
     let ids = stream::iter(req.conversations)
         .map(|spec| {
@@ -99,9 +123,15 @@ pub async fn create_conversations(
                     ConversationSpec::Direct { members: [a, b] } => {
                         state.chat.open_direct(a, b).await.map(|(info, _)| info.id)
                     }
-                    ConversationSpec::Group { name, owner, members } => {
-                        state.chat.create_group(owner, &name, &members).await.map(|info| info.id)
-                    }
+                    ConversationSpec::Group {
+                        name,
+                        owner,
+                        members,
+                    } => state
+                        .chat
+                        .create_group(owner, &name, &members)
+                        .await
+                        .map(|info| info.id),
                 }
             }
         })

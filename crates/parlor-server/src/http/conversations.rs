@@ -9,7 +9,10 @@ use parlor_proto::rest::*;
 use parlor_proto::ws::Ack;
 use serde::Deserialize;
 
-pub async fn list(State(state): State<AppState>, Caller(me): Caller) -> ApiResult<Json<ConversationList>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> ApiResult<Json<ConversationList>> {
     let conversations = state.chat.conversations(me.user).await?;
     Ok(Json(ConversationList { conversations }))
 }
@@ -19,9 +22,16 @@ pub async fn open_direct(
     Caller(me): Caller,
     Body(req): Body<DirectRequest>,
 ) -> ApiResult<(StatusCode, Json<ConversationInfo>)> {
-    state.rate(&format!("rest:user:{}", me.user), state.config.rate.rest_per_user.into())?;
+    state.rate(
+        &format!("rest:user:{}", me.user),
+        state.config.rate.rest_per_user.into(),
+    )?;
     let (info, created) = state.chat.open_direct(me.user, req.user_id).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(info)))
 }
 
@@ -30,8 +40,14 @@ pub async fn create_group(
     Caller(me): Caller,
     Body(req): Body<CreateGroupRequest>,
 ) -> ApiResult<(StatusCode, Json<ConversationInfo>)> {
-    state.rate(&format!("rest:user:{}", me.user), state.config.rate.rest_per_user.into())?;
-    let info = state.chat.create_group(me.user, &req.name, &req.members).await?;
+    state.rate(
+        &format!("rest:user:{}", me.user),
+        state.config.rate.rest_per_user.into(),
+    )?;
+    let info = state
+        .chat
+        .create_group(me.user, &req.name, &req.members)
+        .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -72,7 +88,11 @@ pub async fn set_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn leave(State(state): State<AppState>, Caller(me): Caller, PathParams(id): PathParams<Id>) -> ApiResult<StatusCode> {
+pub async fn leave(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    PathParams(id): PathParams<Id>,
+) -> ApiResult<StatusCode> {
     state.chat.leave(me.user, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -90,7 +110,12 @@ pub async fn history(
     PathParams(id): PathParams<Id>,
     QueryParams(q): QueryParams<HistoryQuery>,
 ) -> ApiResult<Json<History>> {
-    Ok(Json(state.chat.history(me.user, id, q.before, q.after, q.limit).await?))
+    Ok(Json(
+        state
+            .chat
+            .history(me.user, id, q.before, q.after, q.limit)
+            .await?,
+    ))
 }
 
 /// Sending over REST, for bots and integrations; same rules and guarantees as WebSocket.
@@ -100,7 +125,10 @@ pub async fn send(
     PathParams(id): PathParams<Id>,
     Body(req): Body<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<Ack>)> {
-    state.rate(&format!("rest:user:{}", me.user), state.config.rate.rest_per_user.into())?;
+    state.rate(
+        &format!("rest:user:{}", me.user),
+        state.config.rate.rest_per_user.into(),
+    )?;
     let cid = req.cid.clone();
     let draft = Draft {
         cid: req.cid,
@@ -110,7 +138,11 @@ pub async fn send(
         mention_all: req.mention_all,
     };
     let appended = state.chat.send(me.user, id, draft)?.await?;
-    let status = if appended.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if appended.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((
         status,
         Json(Ack {
@@ -141,7 +173,10 @@ pub async fn edit(
     PathParams((id, seq)): PathParams<(Id, u64)>,
     Body(req): Body<EditRequest>,
 ) -> ApiResult<Json<MessageView>> {
-    state.rate(&format!("rest:user:{}", me.user), state.config.rate.rest_per_user.into())?;
+    state.rate(
+        &format!("rest:user:{}", me.user),
+        state.config.rate.rest_per_user.into(),
+    )?;
     Ok(Json(state.chat.edit(me.user, id, seq, req.text).await?))
 }
 
@@ -150,7 +185,10 @@ pub async fn delete_message(
     Caller(me): Caller,
     PathParams((id, seq)): PathParams<(Id, u64)>,
 ) -> ApiResult<StatusCode> {
-    state.rate(&format!("rest:user:{}", me.user), state.config.rate.rest_per_user.into())?;
+    state.rate(
+        &format!("rest:user:{}", me.user),
+        state.config.rate.rest_per_user.into(),
+    )?;
     state.chat.delete(me.user, id, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -189,7 +227,10 @@ pub async fn search(
     Caller(me): Caller,
     QueryParams(p): QueryParams<SearchParams>,
 ) -> ApiResult<Json<SearchResults>> {
-    state.rate(&format!("search:user:{}", me.user), state.config.rate.search_per_user.into())?;
+    state.rate(
+        &format!("search:user:{}", me.user),
+        state.config.rate.search_per_user.into(),
+    )?;
     let request = SearchRequest {
         q: &p.q,
         conv: p.conv,

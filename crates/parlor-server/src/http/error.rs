@@ -23,7 +23,8 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = self.0.retry_after_ms;
         let mut response = (status, axum::Json(self.0.body())).into_response();
         if let Some(ms) = retry_after {
@@ -54,7 +55,10 @@ fn json_rejection(rejection: JsonRejection) -> Error {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return Error::new(ErrorCode::PayloadTooLarge, "request body is too large");
     }
-    Error::new(ErrorCode::BadRequest, format!("invalid JSON body: {}", rejection.body_text()))
+    Error::new(
+        ErrorCode::BadRequest,
+        format!("invalid JSON body: {}", rejection.body_text()),
+    )
 }
 
 /// Path parameters; an unparsable id is `not_found` (no such resource can exist).
@@ -67,7 +71,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathPar
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| PathParams(p.0))
-            .map_err(|e: PathRejection| ApiError(Error::new(ErrorCode::NotFound, format!("invalid path: {}", e.body_text()))))
+            .map_err(|e: PathRejection| {
+                ApiError(Error::new(
+                    ErrorCode::NotFound,
+                    format!("invalid path: {}", e.body_text()),
+                ))
+            })
     }
 }
 
@@ -82,7 +91,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
             .await
             .map(|q| QueryParams(q.0))
             .map_err(|e: QueryRejection| {
-                ApiError(Error::new(ErrorCode::InvalidPagination, format!("invalid query: {}", e.body_text())))
+                ApiError(Error::new(
+                    ErrorCode::InvalidPagination,
+                    format!("invalid query: {}", e.body_text()),
+                ))
             })
     }
 }
@@ -95,14 +107,20 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)
             .ok_or_else(|| ApiError(Error::new(ErrorCode::Unauthorized, "missing bearer token")))?;
         Ok(Caller(state.authenticate(token).await?))

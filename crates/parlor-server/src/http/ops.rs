@@ -6,14 +6,21 @@ use axum::Json;
 use parlor_proto::rest::Health;
 
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".into() })
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// Ready when the store answers a write round trip.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let shutting_down = *state.shutdown.borrow();
     match state.chat.store().ping().await {
-        Ok(()) if !shutting_down => (StatusCode::OK, Json(Health { status: "ready".into() })),
+        Ok(()) if !shutting_down => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ready".into(),
+            }),
+        ),
         Ok(()) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Health {

@@ -38,21 +38,49 @@ enum End {
 
 /// A pipelined request's outcome, written when it completes.
 enum Done {
-    Sent { cid: String, started: Instant, result: Result<Appended, Error> },
-    Failed { cid: Option<String>, error: Error },
+    Sent {
+        cid: String,
+        started: Instant,
+        result: Result<Appended, Error>,
+    },
+    Failed {
+        cid: Option<String>,
+        error: Error,
+    },
     Nothing,
 }
 
 pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Principal>) {
     let hello_timeout = Duration::from_secs(state.config.ws.hello_timeout_secs);
     let (token, since) = match tokio::time::timeout(hello_timeout, socket.recv()).await {
-        Err(_) => return close(socket, close::HELLO_TIMEOUT, "hello_timeout: no hello frame in time").await,
+        Err(_) => {
+            return close(
+                socket,
+                close::HELLO_TIMEOUT,
+                "hello_timeout: no hello frame in time",
+            )
+            .await
+        }
         Ok(None) | Ok(Some(Err(_))) => return,
         Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<ClientFrame>(&text) {
             Ok(ClientFrame::Hello { token, since }) => (token, since),
-            _ => return close(socket, close::PROTOCOL, "malformed_frame: the first frame must be hello").await,
+            _ => {
+                return close(
+                    socket,
+                    close::PROTOCOL,
+                    "malformed_frame: the first frame must be hello",
+                )
+                .await
+            }
         },
-        Ok(Some(Ok(_))) => return close(socket, close::PROTOCOL, "malformed_frame: the first frame must be hello").await,
+        Ok(Some(Ok(_))) => {
+            return close(
+                socket,
+                close::PROTOCOL,
+                "malformed_frame: the first frame must be hello",
+            )
+            .await
+        }
     };
     let principal = match (pre_auth, token) {
         (Some(p), _) => p,
@@ -60,17 +88,29 @@ pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Princi
             Ok(p) => p,
             Err(e) => {
                 state.metrics.error(e.code);
-                return close(socket, close::UNAUTHORIZED, &format!("{}: {}", e.code, e.message)).await;
+                return close(
+                    socket,
+                    close::UNAUTHORIZED,
+                    &format!("{}: {}", e.code, e.message),
+                )
+                .await;
             }
         },
-        (None, None) => return close(socket, close::UNAUTHORIZED, "unauthorized: missing token").await,
+        (None, None) => {
+            return close(socket, close::UNAUTHORIZED, "unauthorized: missing token").await
+        }
     };
     if let Err(e) = state.rate(
         &format!("connect:user:{}", principal.user),
         state.config.rate.connect_per_user.into(),
     ) {
         state.metrics.error(e.code);
-        return close(socket, close::RATE_LIMITED, "rate_limited: too many connections").await;
+        return close(
+            socket,
+            close::RATE_LIMITED,
+            "rate_limited: too many connections",
+        )
+        .await;
     }
 
     state.live_connections.fetch_add(1, Ordering::AcqRel);
@@ -94,7 +134,11 @@ pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Princi
     };
     let end = connection.serve(since).await;
     state.hub.unregister(principal.user, id);
-    if let Err(e) = state.chat.device_disconnected(principal.user, crate::now_ms()).await {
+    if let Err(e) = state
+        .chat
+        .device_disconnected(principal.user, crate::now_ms())
+        .await
+    {
         tracing::warn!(error = %e, "presence update failed");
     }
     state.metrics.connections_open.dec();
@@ -111,7 +155,11 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
         code,
         reason: Utf8Bytes::from(reason),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
 }
 
 struct Connection {
@@ -134,7 +182,10 @@ type Step = Result<(), End>;
 /// client has read nothing for that long (it stopped reading, or vanished without a FIN):
 /// it is treated as gone. Without this bound such a client would block its connection
 /// task forever in the write, and the idle check in the loop would never run again.
-async fn bounded(limit: Duration, write: impl std::future::Future<Output = Result<(), axum::Error>>) -> Step {
+async fn bounded(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Step {
     match tokio::time::timeout(limit, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::ClientGone),
@@ -211,11 +262,16 @@ impl Connection {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| End::Close(1011, format!("{}: {}", e.code, e.message)))?;
             for event in &page {
-                let text = serde_json::to_string(&event.frame).map_err(|_| End::Close(1011, "internal".into()))?;
+                let text = serde_json::to_string(&event.frame)
+                    .map_err(|_| End::Close(1011, "internal".into()))?;
                 if matches!(event.frame, ServerFrame::Message(_)) {
                     self.state.metrics.messages_delivered.inc();
                 }
-                bounded(self.write_timeout, self.socket.feed(Message::Text(text.into()))).await?;
+                bounded(
+                    self.write_timeout,
+                    self.socket.feed(Message::Text(text.into())),
+                )
+                .await?;
             }
             bounded(self.write_timeout, self.socket.flush()).await?;
         }
@@ -239,7 +295,11 @@ impl Connection {
                 if outgoing.is_message {
                     self.state.metrics.messages_delivered.inc();
                 }
-                bounded(self.write_timeout, self.socket.feed(Message::Text(outgoing.text))).await?;
+                bounded(
+                    self.write_timeout,
+                    self.socket.feed(Message::Text(outgoing.text)),
+                )
+                .await?;
             }
             next = self.registration.rx.try_recv().ok();
         }
@@ -248,7 +308,11 @@ impl Connection {
 
     async fn write(&mut self, frame: &ServerFrame) -> Step {
         let text = serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal".into()))?;
-        bounded(self.write_timeout, self.socket.send(Message::Text(text.into()))).await
+        bounded(
+            self.write_timeout,
+            self.socket.send(Message::Text(text.into())),
+        )
+        .await
     }
 
     async fn write_error(&mut self, error: &Error, cid: Option<String>) -> Step {
@@ -266,7 +330,10 @@ impl Connection {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
-                let error = Error::new(ErrorCode::UnknownFrame, "binary frames are not supported; send JSON text");
+                let error = Error::new(
+                    ErrorCode::UnknownFrame,
+                    "binary frames are not supported; send JSON text",
+                );
                 return self.write_error(&error, None).await;
             }
             Message::Close(_) => return Err(End::ClientGone),
@@ -275,7 +342,10 @@ impl Connection {
         if let Err(wait_ms) = self.frames.take() {
             self.flood += 1;
             if self.flood > FLOOD_CLOSE_AFTER {
-                return Err(End::Close(close::RATE_LIMITED, "rate_limited: flood".into()));
+                return Err(End::Close(
+                    close::RATE_LIMITED,
+                    "rate_limited: flood".into(),
+                ));
             }
             return self.write_error(&Error::rate_limited(wait_ms), None).await;
         }
@@ -286,7 +356,10 @@ impl Connection {
         };
         match frame {
             ClientFrame::Hello { .. } => {
-                let error = Error::new(ErrorCode::BadRequest, "already authenticated; hello is only the first frame");
+                let error = Error::new(
+                    ErrorCode::BadRequest,
+                    "already authenticated; hello is only the first frame",
+                );
                 self.write_error(&error, None).await
             }
             ClientFrame::Send {
@@ -309,7 +382,11 @@ impl Connection {
                     Ok(commit) => {
                         self.inflight.push(Box::pin(async move {
                             let result = commit.await;
-                            Done::Sent { cid, started, result }
+                            Done::Sent {
+                                cid,
+                                started,
+                                result,
+                            }
                         }));
                         Ok(())
                     }
@@ -328,22 +405,34 @@ impl Connection {
                 });
                 Ok(())
             }
-            ClientFrame::Edit { cid, conv, seq, text } => {
+            ClientFrame::Edit {
+                cid,
+                conv,
+                seq,
+                text,
+            } => {
                 self.spawn_request(cid, move |state, user| async move {
                     state.chat.edit(user, conv, seq, text).await.map(drop)
                 });
                 Ok(())
             }
             ClientFrame::Delete { cid, conv, seq } => {
-                self.spawn_request(cid, move |state, user| async move { state.chat.delete(user, conv, seq).await });
+                self.spawn_request(cid, move |state, user| async move {
+                    state.chat.delete(user, conv, seq).await
+                });
                 Ok(())
             }
             ClientFrame::Typing { conv, typing } => {
                 let key = format!("typing:{}:{conv}", self.principal.user);
-                if let Err(error) = self.state.rate(&key, self.state.config.rate.typing_per_conversation.into()) {
+                if let Err(error) = self
+                    .state
+                    .rate(&key, self.state.config.rate.typing_per_conversation.into())
+                {
                     return self.write_error(&error, None).await;
                 }
-                self.spawn_request(None, move |state, user| async move { state.chat.typing(user, conv, typing).await });
+                self.spawn_request(None, move |state, user| async move {
+                    state.chat.typing(user, conv, typing).await
+                });
                 Ok(())
             }
             ClientFrame::Status { status, text } => {
@@ -376,9 +465,16 @@ impl Connection {
         match done {
             Done::Nothing => Ok(()),
             Done::Failed { cid, error } => self.write_error(&error, cid).await,
-            Done::Sent { cid, started, result } => match result {
+            Done::Sent {
+                cid,
+                started,
+                result,
+            } => match result {
                 Ok(appended) => {
-                    self.state.metrics.ack_latency.observe(started.elapsed().as_secs_f64());
+                    self.state
+                        .metrics
+                        .ack_latency
+                        .observe(started.elapsed().as_secs_f64());
                     self.write(&ServerFrame::Ack(Ack {
                         cid,
                         conv: appended.conv,
@@ -408,10 +504,19 @@ fn parse_error(e: &serde_json::Error) -> Error {
 
 /// Transport-level violations end the connection with the matching standard close code.
 fn protocol_error(detail: &str) -> End {
-    if detail.contains("Space limit exceeded") || detail.contains("too long") || detail.contains("too big") {
-        End::Close(1009, "payload_too_large: frame exceeds the size limit".into())
+    if detail.contains("Space limit exceeded")
+        || detail.contains("too long")
+        || detail.contains("too big")
+    {
+        End::Close(
+            1009,
+            "payload_too_large: frame exceeds the size limit".into(),
+        )
     } else if detail.to_ascii_lowercase().contains("utf-8") {
-        End::Close(1007, "malformed_frame: invalid UTF-8 in a text frame".into())
+        End::Close(
+            1007,
+            "malformed_frame: invalid UTF-8 in a text frame".into(),
+        )
     } else {
         End::ClientGone
     }

@@ -26,13 +26,24 @@ pub async fn upgrade(
     let ws = match ws {
         Ok(ws) => ws,
         Err(_) => {
-            return ApiError(Error::new(ErrorCode::BadRequest, "expected a WebSocket upgrade")).into_response();
+            return ApiError(Error::new(
+                ErrorCode::BadRequest,
+                "expected a WebSocket upgrade",
+            ))
+            .into_response();
         }
     };
     if *state.shutdown.borrow() {
-        return ApiError(Error::new(ErrorCode::Unavailable, "server is shutting down")).into_response();
+        return ApiError(Error::new(
+            ErrorCode::Unavailable,
+            "server is shutting down",
+        ))
+        .into_response();
     }
-    if let Err(e) = state.rate(&format!("connect:ip:{}", peer.ip()), state.config.rate.connect_per_ip.into()) {
+    if let Err(e) = state.rate(
+        &format!("connect:ip:{}", peer.ip()),
+        state.config.rate.connect_per_ip.into(),
+    ) {
         return ApiError(e).into_response();
     }
     let principal = match bearer(&parts) {
