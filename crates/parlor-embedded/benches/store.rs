@@ -45,6 +45,9 @@ fn append_pipelined(bencher: divan::Bencher, n: usize) {
                             sender,
                             cid: None,
                             text: format!("message number {i} with a typical length of text"),
+                            reply_to: None,
+                            mentions: Vec::new(),
+                            mention_all: false,
                         })
                     })
                     .collect();

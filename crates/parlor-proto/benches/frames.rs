@@ -28,6 +28,11 @@ fn encode_message() -> usize {
                 .into(),
             ts: 1_795_851_353_997,
             cid: Some("c-01HF8Z3K2Q9".into()),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+            edited_at: None,
+            deleted: false,
         },
     });
     serde_json::to_string(divan::black_box(&frame))

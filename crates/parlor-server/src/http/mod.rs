@@ -6,6 +6,7 @@ mod admin;
 mod conversations;
 pub mod error;
 mod ops;
+mod web;
 
 use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -20,6 +21,8 @@ use parlor_proto::ErrorCode;
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
     Router::new()
+        .route("/", get(web::index))
+        .route("/app/{*path}", get(web::asset))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -30,20 +33,41 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me", get(accounts::me))
         .route("/v1/users/by-name/{username}", get(accounts::user_by_name))
         .route("/v1/users/{id}", get(accounts::user))
-        .route("/v1/conversations", get(conversations::list).post(conversations::create_group))
+        .route(
+            "/v1/conversations",
+            get(conversations::list).post(conversations::create_group),
+        )
         .route("/v1/conversations/direct", post(conversations::open_direct))
         .route("/v1/conversations/{id}", get(conversations::detail))
-        .route("/v1/conversations/{id}/members", post(conversations::add_member))
-        .route("/v1/conversations/{id}/members/{user}", delete(conversations::remove_member))
-        .route("/v1/conversations/{id}/members/{user}/role", put(conversations::set_role))
+        .route(
+            "/v1/conversations/{id}/members",
+            post(conversations::add_member),
+        )
+        .route(
+            "/v1/conversations/{id}/members/{user}",
+            delete(conversations::remove_member),
+        )
+        .route(
+            "/v1/conversations/{id}/members/{user}/role",
+            put(conversations::set_role),
+        )
         .route("/v1/conversations/{id}/leave", post(conversations::leave))
         .route(
             "/v1/conversations/{id}/messages",
             get(conversations::history).post(conversations::send),
         )
-        .route("/v1/conversations/{id}/read", post(conversations::mark_read))
-        .route("/v1/conversations/{id}/delivered", post(conversations::mark_delivered))
-        .route("/v1/conversations/{id}/receipts", get(conversations::receipts))
+        .route(
+            "/v1/conversations/{id}/read",
+            post(conversations::mark_read),
+        )
+        .route(
+            "/v1/conversations/{id}/delivered",
+            post(conversations::mark_delivered),
+        )
+        .route(
+            "/v1/conversations/{id}/receipts",
+            get(conversations::receipts),
+        )
         .route(
             "/v1/conversations/{id}/messages/{seq}",
             patch(conversations::edit).delete(conversations::delete_message),
@@ -66,7 +90,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError(Error::new(ErrorCode::BadRequest, "method not allowed on this endpoint"))
+    ApiError(Error::new(
+        ErrorCode::BadRequest,
+        "method not allowed on this endpoint",
+    ))
 }
 
 async fn count_errors(State(state): State<AppState>, request: Request, next: Next) -> Response {

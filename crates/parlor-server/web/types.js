@@ -1,0 +1,70 @@
+// Shapes of what crosses the wire (docs/protocol.md) and of the client's own state.
+// This module holds JSDoc types only; `tsc --checkJs` reads them.
+
+/**
+ * @typedef {{ id: string, username: string }} User
+ *
+ * @typedef {{
+ *   access_token: string, expires_in: number, refresh_token: string,
+ *   user: User, device_id: string
+ * }} TokenPair
+ *
+ * @typedef {{
+ *   access_token: string, refresh_token: string, expires_at: number,
+ *   user: User, device_id: string
+ * }} Session
+ *
+ * @typedef {'owner' | 'admin' | 'member'} Role
+ *
+ * @typedef {{
+ *   conv: string, id: string, seq: number, sender: string, text: string, ts: number,
+ *   cid?: string, reply_to?: number, mentions?: string[], mention_all?: boolean,
+ *   edited_at?: number, deleted?: boolean
+ * }} Message
+ *
+ * @typedef {{ id: string, kind: 'direct' | 'group', name?: string, created_at: number }} ConversationInfo
+ *
+ * @typedef {ConversationInfo & {
+ *   peer?: User, member_count: number, last_message?: Message,
+ *   last_seq: number, read_seq: number, unread: number
+ * }} ConversationSummary
+ *
+ * @typedef {{ user: User, role: Role, read_seq?: number, delivered_seq?: number }} Member
+ *
+ * @typedef {ConversationInfo & { members: Member[], last_seq: number }} ConversationDetail
+ *
+ * @typedef {'available' | 'away' | 'do_not_disturb'} Availability
+ *
+ * @typedef {{ user: string, online: boolean, status?: Availability, text?: string, last_seen?: number }} Presence
+ *
+ * @typedef {{ message: Message, snippet: string, highlights?: [number, number][] }} SearchResult
+ *
+ * @typedef {{ messages: Message[], has_more: boolean }} History
+ *
+ * @typedef {{ code: string, message: string, retry_after_ms?: number }} ErrorBody
+ *
+ * @typedef {{ type: 'message', pos: string } & Message} MessageFrame
+ * @typedef {{ type: 'member', pos: string, conv: string, user: string, change: 'added' | 'removed' | 'left' | 'role', by: string, ts: number, role?: Role, conversation: ConversationInfo }} MemberFrame
+ * @typedef {{ type: 'read', pos?: string, conv: string, user: string, seq: number }} ReadFrame
+ * @typedef {{ type: 'delivered', pos?: string, conv: string, user: string, seq: number }} DeliveredFrame
+ * @typedef {{ type: 'synced', pos: string }} SyncedFrame
+ * @typedef {{ type: 'ack', cid: string, conv: string, id: string, seq: number, pos: string, ts: number, duplicate?: boolean }} AckFrame
+ * @typedef {{ type: 'error', code: string, message: string, cid?: string, retry_after_ms?: number }} ErrorFrame
+ * @typedef {{ type: 'presence' } & Presence} PresenceFrame
+ * @typedef {{ type: 'typing', conv: string, user: string, typing: boolean, expires_in_ms?: number }} TypingFrame
+ * @typedef {{ type: 'edited', pos?: string, conv: string, seq: number, id: string, text: string, edited_at: number, by: string }} EditedFrame
+ * @typedef {{ type: 'deleted', pos?: string, conv: string, seq: number, id: string, by: string, ts: number }} DeletedFrame
+ *
+ * @typedef {MessageFrame | MemberFrame | ReadFrame | DeliveredFrame | SyncedFrame | AckFrame | ErrorFrame
+ *   | PresenceFrame | TypingFrame | EditedFrame | DeletedFrame} ServerFrame
+ *
+ * @typedef {'pending' | 'failed'} PendingState
+ *
+ * @typedef {{
+ *   cid: string, conv: string, text: string, ts: number, state: PendingState,
+ *   reply_to?: number, mentions?: string[], mention_all?: boolean,
+ *   error?: string, kind: 'send' | 'edit' | 'delete', seq?: number
+ * }} Outgoing
+ */
+
+export {};

@@ -1,0 +1,40 @@
+// Inline SVG icons (24px grid, stroked with currentColor), drawn for this project.
+
+const PATHS = {
+  send: 'M4 12 20 4l-4 16-4-7-8-1Zm8 1 8-9',
+  back: 'M15 5 8 12l7 7',
+  plus: 'M12 5v14M5 12h14',
+  search: 'M11 18a7 7 0 1 1 0-14 7 7 0 0 1 0 14Zm5-2 4 4',
+  close: 'M6 6l12 12M18 6 6 18',
+  users: 'M9 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8Zm-6 9c0-3.3 2.7-6 6-6s6 2.7 6 6m1-16a4 4 0 0 1 0 8m2 3c2.4.6 4 2.8 4 5',
+  user: 'M12 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8Zm-7 8c0-3.9 3.1-7 7-7s7 3.1 7 7',
+  info: 'M12 21a9 9 0 1 0 0-18 9 9 0 0 0 0 18Zm0-10v6m0-9.5v.5',
+  reply: 'M10 8 5 12l5 4M5 12h9c3 0 5 2 5 5v1',
+  edit: 'M4 20h4L19 9l-4-4L4 16v4Zm9-13 4 4',
+  trash: 'M4 7h16M10 11v6m4-6v6M6 7l1 13h10l1-13M9 7V4h6v3',
+  more: 'M6 12h.01M12 12h.01M18 12h.01',
+  check: 'M5 13l4 4L19 7',
+  checks: 'M2 13l4 4L16 7m-4 8 2 2 8-10',
+  clock: 'M12 21a9 9 0 1 0 0-18 9 9 0 0 0 0 18Zm0-13v4l3 2',
+  alert: 'M12 21a9 9 0 1 0 0-18 9 9 0 0 0 0 18Zm0-13v5m0 3v.5',
+  logout: 'M15 4h4v16h-4M10 8l-4 4 4 4M6 12h10',
+  chat: 'M4 5h16v11H9l-5 4V5Z',
+  down: 'M12 5v14m-6-6 6 6 6-6',
+  wifiOff: 'M3 3l18 18M8.5 16.5a5 5 0 0 1 7 0M5 12.5a10 10 0 0 1 4-2.4m6 0a10 10 0 0 1 4 2.4M12 20h.01',
+};
+
+/** @typedef {keyof typeof PATHS} IconName */
+
+/** @param {IconName} name @param {string} [cls] @returns {SVGSVGElement} */
+export function icon(name, cls = 'icon') {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('class', cls);
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('focusable', 'false');
+  const path = document.createElementNS(ns, 'path');
+  path.setAttribute('d', PATHS[name]);
+  svg.appendChild(path);
+  return svg;
+}
