@@ -32,7 +32,7 @@ fn deliver_to_group(bencher: divan::Bencher, members: u64) {
         .bench_local(|| {
             let delivered = hub.deliver(&event, &text, true, &metrics);
             for registration in &mut registrations {
-                while registration.rx.try_recv().is_ok() {}
+                while registration.outbox.pop().is_some() {}
             }
             delivered
         });

@@ -14,11 +14,12 @@ use parking_lot::RwLock;
 use parlor_core::model::{Event, UserId};
 use parlor_core::ports::Bus;
 use parlor_proto::ws::ServerFrame;
-use std::collections::HashMap;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 const SHARDS: usize = 32;
 
@@ -29,17 +30,66 @@ pub struct Outgoing {
     pub is_message: bool,
 }
 
+/// One connection's queue of frames. Allocates nothing while empty: most connections are
+/// idle most of the time, and a channel would reserve its first block of slots for each.
+pub struct Outbox {
+    queue: Mutex<VecDeque<Outgoing>>,
+    ready: Notify,
+    /// Set when the hub had to drop an event because the queue was full.
+    pub overflowed: AtomicBool,
+    capacity: usize,
+}
+
+/// Queues that grew past this during a burst give their memory back once drained.
+const KEEP_CAPACITY: usize = 32;
+
+impl Outbox {
+    fn new(capacity: usize) -> Self {
+        Outbox {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            overflowed: AtomicBool::new(false),
+            capacity,
+        }
+    }
+
+    /// False when the queue is full.
+    fn push(&self, outgoing: Outgoing) -> bool {
+        {
+            let mut queue = self.queue.lock();
+            if queue.len() >= self.capacity {
+                return false;
+            }
+            queue.push_back(outgoing);
+        }
+        // Stores a permit if the connection is not waiting, so no wake-up is lost.
+        self.ready.notify_one();
+        true
+    }
+
+    pub fn pop(&self) -> Option<Outgoing> {
+        let mut queue = self.queue.lock();
+        let next = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
+            *queue = VecDeque::new();
+        }
+        next
+    }
+
+    /// Completes when something may have been queued since the last call.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+}
+
 struct Entry {
     id: u64,
-    tx: mpsc::Sender<Outgoing>,
-    overflowed: Arc<AtomicBool>,
+    outbox: Arc<Outbox>,
 }
 
 pub struct Registration {
     pub id: u64,
-    pub rx: mpsc::Receiver<Outgoing>,
-    /// Set by the hub when it had to drop an event for this connection.
-    pub overflowed: Arc<AtomicBool>,
+    pub outbox: Arc<Outbox>,
 }
 
 pub struct Hub {
@@ -66,18 +116,16 @@ impl Hub {
 
     pub fn register(&self, user: UserId) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.outbox);
-        let overflowed = Arc::new(AtomicBool::new(false));
+        let outbox = Arc::new(Outbox::new(self.outbox));
         self.shard(user)
             .write()
             .entry(user)
             .or_default()
             .push(Entry {
                 id,
-                tx,
-                overflowed: Arc::clone(&overflowed),
+                outbox: Arc::clone(&outbox),
             });
-        Registration { id, rx, overflowed }
+        Registration { id, outbox }
     }
 
     pub fn unregister(&self, user: UserId, id: u64) {
@@ -110,14 +158,10 @@ impl Hub {
                     text: text.clone(),
                     is_message,
                 };
-                match entry.tx.try_send(outgoing) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        if !entry.overflowed.swap(true, Ordering::AcqRel) {
-                            metrics.outbox_overflows.inc();
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if entry.outbox.push(outgoing) {
+                    delivered += 1;
+                } else if !entry.outbox.overflowed.swap(true, Ordering::AcqRel) {
+                    metrics.outbox_overflows.inc();
                 }
             }
         }

@@ -11,7 +11,7 @@
 
 use super::bucket::Bucket;
 use crate::auth::Principal;
-use crate::hub::{Outgoing, Registration};
+use crate::hub::Registration;
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesUnordered;
@@ -25,6 +25,7 @@ use parlor_proto::close;
 use parlor_proto::ws::{Ack, ClientFrame, ErrorFrame, ServerFrame};
 use parlor_proto::ErrorCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Consecutive rate-limited frames after which a flooding client is disconnected.
@@ -219,6 +220,7 @@ impl Connection {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut shutdown = self.state.shutdown.clone();
+        let outbox = Arc::clone(&self.registration.outbox);
         let mut last_heard = Instant::now();
         loop {
             let step = tokio::select! {
@@ -232,10 +234,7 @@ impl Connection {
                     }
                 }
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.on_done(done).await,
-                outgoing = self.registration.rx.recv() => match outgoing {
-                    Some(outgoing) => self.forward(outgoing).await,
-                    None => Err(End::Close(1011, "internal: hub closed".into())),
-                },
+                _ = outbox.ready() => self.forward().await,
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_timeout {
                         Err(End::Close(1001, "idle_timeout: no traffic from client".into()))
@@ -280,11 +279,10 @@ impl Connection {
         Ok(backlog.head)
     }
 
-    /// Writes a live event and whatever else is already queued, then flushes once.
-    async fn forward(&mut self, first: Outgoing) -> Step {
-        let mut next = Some(first);
-        while let Some(outgoing) = next {
-            if self.registration.overflowed.swap(false, Ordering::AcqRel) {
+    /// Writes everything queued for this connection, then flushes once.
+    async fn forward(&mut self) -> Step {
+        while let Some(outgoing) = self.registration.outbox.pop() {
+            if self.registration.outbox.overflowed.swap(false, Ordering::AcqRel) {
                 // Events were dropped for us after the ones already queued: re-read them.
                 self.last_sent = self.catch_up(self.last_sent).await?;
             }
@@ -301,7 +299,6 @@ impl Connection {
                 )
                 .await?;
             }
-            next = self.registration.rx.try_recv().ok();
         }
         bounded(self.write_timeout, self.socket.flush()).await
     }
