@@ -51,9 +51,18 @@ struct SenderOutcome {
 
 /// Sends every message of every sender, pipelined, and waits for all answers. The
 /// connections are closed afterwards.
+/// The text of message `k` of sender `tag`.
+pub type TextFn = Arc<dyn Fn(usize, usize) -> String + Send + Sync>;
+
+/// Every message the same filler of `bytes` bytes.
+pub fn filler_text(bytes: usize) -> TextFn {
+    let text: Arc<str> = Arc::from(crate::traffic::filler(bytes));
+    Arc::new(move |_, _| text.to_string())
+}
+
 pub async fn send_all(
     senders: Vec<Sender>,
-    text_bytes: usize,
+    text: TextFn,
     window: usize,
     label: &str,
 ) -> anyhow::Result<BulkOutcome> {
@@ -72,7 +81,6 @@ pub async fn send_all(
             )
         })
     };
-    let text: Arc<str> = Arc::from(crate::traffic::filler(text_bytes));
     let tasks: Vec<_> = senders
         .into_iter()
         .enumerate()
@@ -113,7 +121,7 @@ pub async fn send_all(
 async fn run_sender(
     sender: Sender,
     tag: usize,
-    text: Arc<str>,
+    text: TextFn,
     window: usize,
     acked_total: Arc<AtomicU64>,
 ) -> anyhow::Result<SenderOutcome> {
@@ -134,7 +142,7 @@ async fn run_sender(
             let frame = ClientFrame::Send {
                 cid: format!("s{tag}.{k}"),
                 conv: *conv,
-                text: text.to_string(),
+                text: text(tag, k),
                 reply_to: None,
                 mentions: Vec::new(),
                 mention_all: false,

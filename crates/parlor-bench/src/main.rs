@@ -86,6 +86,8 @@ enum Scenario {
     Sync(scenarios::sync::SyncArgs),
     /// History page reads at random positions of large conversations.
     History(scenarios::history::HistoryArgs),
+    /// Full-text queries over a large seeded corpus; latency and throughput.
+    Search(scenarios::search::SearchArgs),
     /// Internal: hold connections for the coordinator (job as JSON on stdin).
     #[command(hide = true)]
     Worker,
@@ -133,6 +135,7 @@ fn run_scenario(common: CommonArgs, scenario: Scenario) -> anyhow::Result<bool> 
             Scenario::Fanout(args) => scenarios::fanout::run(&bench, &args).await,
             Scenario::Sync(args) => scenarios::sync::run(&bench, &args).await,
             Scenario::History(args) => scenarios::history::run(&bench, &args).await,
+            Scenario::Search(args) => scenarios::search::run(&bench, &args).await,
             // Handled in `main` before a runtime or server exists.
             Scenario::Worker => Ok(true),
         };

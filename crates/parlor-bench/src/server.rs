@@ -30,6 +30,8 @@ const RATE_RULES: &[&str] = &[
     "CONNECT_PER_USER",
     "FRAMES_PER_CONNECTION",
     "REST_PER_USER",
+    "TYPING_PER_CONVERSATION",
+    "SEARCH_PER_USER",
 ];
 const RELAXED: &str = "100000000";
 

@@ -10,11 +10,11 @@
 use crate::metrics::Metrics;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use parking_lot::RwLock;
 use parlor_core::model::{Event, UserId};
 use parlor_core::ports::Bus;
 use parlor_proto::ws::ServerFrame;
-use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

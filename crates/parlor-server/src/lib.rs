@@ -104,8 +104,7 @@ pub async fn run(
     };
     let presence_ticker = tokio::spawn(expire_presence(state.clone()));
     let app = http::router(state.clone()).into_make_service_with_connect_info::<tls::ClientAddr>();
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = bind(config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let local = listener.local_addr()?;
 
@@ -170,4 +169,18 @@ async fn expire_presence(state: AppState) {
             tracing::warn!(error = %e, "presence expiry failed");
         }
     }
+}
+
+/// A listening socket with a deep accept queue: the default of 128 drops connection
+/// attempts when thousands of clients reconnect at once (after a restart, say), and each
+/// dropped SYN costs its client a one-second retransmission delay.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

@@ -108,7 +108,13 @@ pub async fn run(bench: &Bench, args: &HistoryArgs) -> anyhow::Result<bool> {
     }
     let seed_before = bench.server.sample_or_warn();
     let seed_snapshot = Snapshot::take(&bench.server);
-    let seeded = bulk::send_all(senders, args.text_bytes, args.window, "history: seeding").await?;
+    let seeded = bulk::send_all(
+        senders,
+        bulk::filler_text(args.text_bytes),
+        args.window,
+        "history: seeding",
+    )
+    .await?;
     let seed_after = bench.server.sample_or_warn();
     let seed_load = CpuUse::between(&seed_snapshot, &Snapshot::take(&bench.server));
     eprintln!(

@@ -1,14 +1,11 @@
 //! The scenarios, one per subcommand, and what they share: the server, the admin API,
 //! the connection target, and the environment section of every report.
-//!
-//! TODO(search): add a `search` scenario (query latency and throughput over a seeded
-//! corpus, like `history`) once the server has a search endpoint. There is deliberately
-//! no placeholder: a scenario that measures nothing would only mislead.
 
 pub mod direct;
 pub mod fanout;
 pub mod history;
 pub mod idle;
+pub mod search;
 pub mod sync;
 
 use crate::conn::Target;

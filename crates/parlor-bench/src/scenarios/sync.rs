@@ -114,7 +114,13 @@ pub async fn run(bench: &Bench, args: &SyncArgs) -> anyhow::Result<bool> {
     }
     let seed_before = bench.server.sample_or_warn();
     let seed_snapshot = Snapshot::take(&bench.server);
-    let seeded = bulk::send_all(senders, args.text_bytes, args.window, "sync: seeding").await?;
+    let seeded = bulk::send_all(
+        senders,
+        bulk::filler_text(args.text_bytes),
+        args.window,
+        "sync: seeding",
+    )
+    .await?;
     let seed_after = bench.server.sample_or_warn();
     let seed_load = CpuUse::between(&seed_snapshot, &Snapshot::take(&bench.server));
     eprintln!(

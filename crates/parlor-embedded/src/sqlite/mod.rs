@@ -60,7 +60,7 @@ impl StoreOptions {
             data_dir: data_dir.into(),
             machine_id: 0,
             durability: Durability::Process,
-            write_queue: 65_536,
+            write_queue: 16_384,
             search_candidates: 2000,
         }
     }
@@ -73,9 +73,35 @@ pub struct SqliteStore {
     search_candidates: u32,
     shared: Arc<Shared>,
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropping it stops the checkpointer thread.
+    checkpointer: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 pub const DB_FILE: &str = "parlor.db";
+
+/// How often the write-ahead log is copied back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies the write-ahead log into the database file from a thread of its own. SQLite
+/// would otherwise do it inside whichever commit crosses the threshold, with an fsync,
+/// stalling every message of that batch. PASSIVE never waits for the writer or readers.
+fn checkpointer(path: &Path) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("parlor-store-checkpointer".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "checkpoint failed");
+                }
+            }
+        })?;
+    Ok(stop)
+}
 
 fn open_writer_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open(path)?;
@@ -89,6 +115,8 @@ fn open_writer_connection(path: &Path, durability: Durability) -> rusqlite::Resu
     conn.pragma_update(None, "cache_size", -65_536)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Checkpoints run on their own thread (see `checkpointer`), never inside a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     schema::migrate(&mut conn)?;
     Ok(conn)
 }
@@ -130,13 +158,15 @@ impl SqliteStore {
             .name("parlor-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| anyhow::anyhow!(format!("cannot spawn writer: {e}")))?;
+        let path_for_checkpoints = path.clone();
         Ok(SqliteStore {
             commands: tx,
-            reads: Arc::new(ReadPool::new(path)),
+            reads: Arc::new(ReadPool::new(path.clone())),
             search,
             search_candidates: options.search_candidates,
             shared,
             writer: parking_lot::Mutex::new(Some(handle)),
+            checkpointer: parking_lot::Mutex::new(Some(checkpointer(&path_for_checkpoints)?)),
         })
     }
 
@@ -161,6 +191,7 @@ impl Store for SqliteStore {
         if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
+        self.checkpointer.lock().take();
         let handle = self.writer.lock().take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;

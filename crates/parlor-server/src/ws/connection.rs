@@ -15,7 +15,7 @@ use crate::hub::Registration;
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use parlor_core::chat::Draft;
 use parlor_core::error::Error;
 use parlor_core::model::Appended;
@@ -51,75 +51,20 @@ enum Done {
     Nothing,
 }
 
-pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Principal>) {
-    let hello_timeout = Duration::from_secs(state.config.ws.hello_timeout_secs);
-    let (token, since) = match tokio::time::timeout(hello_timeout, socket.recv()).await {
-        Err(_) => {
-            return close(
-                socket,
-                close::HELLO_TIMEOUT,
-                "hello_timeout: no hello frame in time",
-            )
-            .await
-        }
-        Ok(None) | Ok(Some(Err(_))) => return,
-        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<ClientFrame>(&text) {
-            Ok(ClientFrame::Hello { token, since }) => (token, since),
-            _ => {
-                return close(
-                    socket,
-                    close::PROTOCOL,
-                    "malformed_frame: the first frame must be hello",
-                )
-                .await
-            }
-        },
-        Ok(Some(Ok(_))) => {
-            return close(
-                socket,
-                close::PROTOCOL,
-                "malformed_frame: the first frame must be hello",
-            )
-            .await
-        }
+/// Serves one upgraded connection. Each phase other than the live loop is boxed, so
+/// that the task of an idle connection holds only the live loop's state (memory per
+/// connection is what limits how many a node can hold).
+pub async fn run(state: AppState, socket: WebSocket, pre_auth: Option<Principal>) {
+    let Some((socket, principal, since)) = Box::pin(handshake(&state, socket, pre_auth)).await
+    else {
+        return;
     };
-    let principal = match (pre_auth, token) {
-        (Some(p), _) => p,
-        (None, Some(token)) => match state.authenticate(&token).await {
-            Ok(p) => p,
-            Err(e) => {
-                state.metrics.error(e.code);
-                return close(
-                    socket,
-                    close::UNAUTHORIZED,
-                    &format!("{}: {}", e.code, e.message),
-                )
-                .await;
-            }
-        },
-        (None, None) => {
-            return close(socket, close::UNAUTHORIZED, "unauthorized: missing token").await
-        }
-    };
-    if let Err(e) = state.rate(
-        &format!("connect:user:{}", principal.user),
-        state.config.rate.connect_per_user.into(),
-    ) {
-        state.metrics.error(e.code);
-        return close(
-            socket,
-            close::RATE_LIMITED,
-            "rate_limited: too many connections",
-        )
-        .await;
-    }
-
     state.live_connections.fetch_add(1, Ordering::AcqRel);
     state.metrics.connections_open.inc();
     state.metrics.connections_total.inc();
     let registration = state.hub.register(principal.user);
     let id = registration.id;
-    if let Err(e) = state.chat.device_connected(principal.user).await {
+    if let Err(e) = Box::pin(state.chat.device_connected(principal.user)).await {
         tracing::warn!(error = %e, "presence update failed");
     }
     let mut connection = Connection {
@@ -135,20 +80,103 @@ pub async fn run(state: AppState, mut socket: WebSocket, pre_auth: Option<Princi
     };
     let end = connection.serve(since).await;
     state.hub.unregister(principal.user, id);
-    if let Err(e) = state
-        .chat
-        .device_disconnected(principal.user, crate::now_ms())
-        .await
+    if let Err(e) = Box::pin(
+        state
+            .chat
+            .device_disconnected(principal.user, crate::now_ms()),
+    )
+    .await
     {
         tracing::warn!(error = %e, "presence update failed");
     }
     state.metrics.connections_open.dec();
     match end {
         End::ClientGone => {}
-        End::Close(code, reason) => close(connection.socket, code, &reason).await,
+        End::Close(code, reason) => Box::pin(close(connection.socket, code, &reason)).await,
     }
     tracing::debug!(user = %principal.user, device = %principal.device, "connection closed");
     state.connection_closed();
+}
+
+/// Reads `hello`, authenticates, and applies the per-user connection rate; on failure
+/// the socket is closed with the matching code and `None` comes back.
+async fn handshake(
+    state: &AppState,
+    mut socket: WebSocket,
+    pre_auth: Option<Principal>,
+) -> Option<(WebSocket, Principal, Option<Id>)> {
+    let hello_timeout = Duration::from_secs(state.config.ws.hello_timeout_secs);
+    let (token, since) = match tokio::time::timeout(hello_timeout, socket.recv()).await {
+        Err(_) => {
+            close(
+                socket,
+                close::HELLO_TIMEOUT,
+                "hello_timeout: no hello frame in time",
+            )
+            .await;
+            return None;
+        }
+        Ok(None) | Ok(Some(Err(_))) => return None,
+        Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(ClientFrame::Hello { token, since }) => (token, since),
+            _ => {
+                close(
+                    socket,
+                    close::PROTOCOL,
+                    "malformed_frame: the first frame must be hello",
+                )
+                .await;
+                return None;
+            }
+        },
+        Ok(Some(Ok(_))) => {
+            close(
+                socket,
+                close::PROTOCOL,
+                "malformed_frame: the first frame must be hello",
+            )
+            .await;
+            return None;
+        }
+    };
+    let principal = match (pre_auth, token) {
+        (Some(p), _) => p,
+        (None, Some(token)) => match state.authenticate(&token).await {
+            Ok(p) => p,
+            Err(e) => {
+                state.metrics.error(e.code);
+                {
+                    close(
+                        socket,
+                        close::UNAUTHORIZED,
+                        &format!("{}: {}", e.code, e.message),
+                    )
+                    .await;
+                    return None;
+                }
+            }
+        },
+        (None, None) => {
+            close(socket, close::UNAUTHORIZED, "unauthorized: missing token").await;
+            return None;
+        }
+    };
+    if let Err(e) = state.rate(
+        &format!("connect:user:{}", principal.user),
+        state.config.rate.connect_per_user.into(),
+    ) {
+        state.metrics.error(e.code);
+        {
+            close(
+                socket,
+                close::RATE_LIMITED,
+                "rate_limited: too many connections",
+            )
+            .await;
+            return None;
+        }
+    }
+    Some((socket, principal, since))
 }
 
 async fn close(mut socket: WebSocket, code: u16, reason: &str) {
@@ -200,7 +228,7 @@ async fn bounded(
 impl Connection {
     async fn serve(&mut self, since: Option<Id>) -> End {
         let head = match since {
-            Some(since) => match self.catch_up(since.0).await {
+            Some(since) => match Box::pin(self.catch_up(since.0)).await {
                 Ok(head) => head,
                 Err(end) => return end,
             },
@@ -210,7 +238,7 @@ impl Connection {
             },
         };
         self.last_sent = head;
-        if let Err(end) = self.write(&ServerFrame::Synced { pos: Id(head) }).await {
+        if let Err(end) = Box::pin(self.write(&ServerFrame::Synced { pos: Id(head) })).await {
             return end;
         }
         let config = &self.state.config.ws;
@@ -230,16 +258,18 @@ impl Connection {
                     match incoming {
                         None => Err(End::ClientGone),
                         Some(Err(e)) => Err(protocol_error(&e.to_string())),
-                        Some(Ok(message)) => self.on_message(message).await,
+                        // Boxed, like the other handlers below: an idle connection's task
+                        // then holds none of their state, only while they run.
+                        Some(Ok(message)) => Box::pin(self.on_message(message)).await,
                     }
                 }
-                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => self.on_done(done).await,
-                _ = outbox.ready() => self.forward().await,
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => Box::pin(self.on_done(done)).await,
+                _ = outbox.ready() => Box::pin(self.forward()).await,
                 _ = ping.tick() => {
                     if last_heard.elapsed() > idle_timeout {
                         Err(End::Close(1001, "idle_timeout: no traffic from client".into()))
                     } else {
-                        bounded(self.write_timeout, self.socket.send(Message::Ping(Default::default()))).await
+                        Box::pin(bounded(self.write_timeout, self.socket.send(Message::Ping(Default::default())))).await
                     }
                 }
             };
@@ -282,7 +312,12 @@ impl Connection {
     /// Writes everything queued for this connection, then flushes once.
     async fn forward(&mut self) -> Step {
         while let Some(outgoing) = self.registration.outbox.pop() {
-            if self.registration.outbox.overflowed.swap(false, Ordering::AcqRel) {
+            if self
+                .registration
+                .outbox
+                .overflowed
+                .swap(false, Ordering::AcqRel)
+            {
                 // Events were dropped for us after the ones already queued: re-read them.
                 self.last_sent = self.catch_up(self.last_sent).await?;
             }
@@ -303,18 +338,33 @@ impl Connection {
         bounded(self.write_timeout, self.socket.flush()).await
     }
 
-    async fn write(&mut self, frame: &ServerFrame) -> Step {
+    /// Buffers a frame; it leaves with the next flush.
+    async fn queue(&mut self, frame: &ServerFrame) -> Step {
         let text = serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal".into()))?;
         bounded(
             self.write_timeout,
-            self.socket.send(Message::Text(text.into())),
+            self.socket.feed(Message::Text(text.into())),
         )
         .await
     }
 
+    async fn flush(&mut self) -> Step {
+        bounded(self.write_timeout, self.socket.flush()).await
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Step {
+        self.queue(frame).await?;
+        self.flush().await
+    }
+
     async fn write_error(&mut self, error: &Error, cid: Option<String>) -> Step {
+        self.queue_error(error, cid).await?;
+        self.flush().await
+    }
+
+    async fn queue_error(&mut self, error: &Error, cid: Option<String>) -> Step {
         self.state.metrics.error(error.code);
-        self.write(&ServerFrame::Error(ErrorFrame {
+        self.queue(&ServerFrame::Error(ErrorFrame {
             code: error.code,
             message: error.message.to_string(),
             cid,
@@ -458,10 +508,20 @@ impl Connection {
         }));
     }
 
+    /// Answers a completed request, and every other one already complete, with one flush:
+    /// pipelined sends commit in groups, so their acks are ready together.
     async fn on_done(&mut self, done: Done) -> Step {
+        self.answer(done).await?;
+        while let Some(Some(done)) = self.inflight.next().now_or_never() {
+            self.answer(done).await?;
+        }
+        self.flush().await
+    }
+
+    async fn answer(&mut self, done: Done) -> Step {
         match done {
             Done::Nothing => Ok(()),
-            Done::Failed { cid, error } => self.write_error(&error, cid).await,
+            Done::Failed { cid, error } => self.queue_error(&error, cid).await,
             Done::Sent {
                 cid,
                 started,
@@ -472,7 +532,7 @@ impl Connection {
                         .metrics
                         .ack_latency
                         .observe(started.elapsed().as_secs_f64());
-                    self.write(&ServerFrame::Ack(Ack {
+                    self.queue(&ServerFrame::Ack(Ack {
                         cid,
                         conv: appended.conv,
                         id: appended.id,
@@ -483,7 +543,7 @@ impl Connection {
                     }))
                     .await
                 }
-                Err(error) => self.write_error(&error, Some(cid)).await,
+                Err(error) => self.queue_error(&error, Some(cid)).await,
             },
         }
     }

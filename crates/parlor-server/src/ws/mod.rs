@@ -14,8 +14,14 @@ use axum::response::{IntoResponse, Response};
 use parlor_core::error::Error;
 use parlor_proto::ErrorCode;
 
-/// Small per-connection buffers: tungstenite would otherwise reserve 128 KiB to read.
-const READ_BUFFER: usize = 4 * 1024;
+/// Small per-connection buffers: tungstenite would otherwise reserve 128 KiB to read, per
+/// connection, idle or not. Client frames are small; bigger ones grow the buffer for
+/// the time of one frame.
+const READ_BUFFER: usize = 1024;
+/// Frames written in one go are gathered up to this before the socket write, so a burst
+/// of events or acks costs one system call, not one per frame. Allocated only once the
+/// connection writes.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -55,7 +61,7 @@ pub async fn upgrade(
     };
     let max_frame = state.config.limits.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(max_frame * 4)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
