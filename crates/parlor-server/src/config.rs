@@ -69,6 +69,9 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Newest matches a search ranks by relevance (bounds the cost of common words).
     pub search_candidates: u32,
+    /// Writes queued for the store beyond this are refused with `unavailable` (a
+    /// retryable error): the bound on how much latency overload may add.
+    pub write_queue: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +183,7 @@ impl Default for LimitsConfig {
             max_frame_bytes: 128 * 1024,
             max_body_bytes: 1024 * 1024,
             search_candidates: 2000,
+            write_queue: 65_536,
         }
     }
 }

@@ -69,6 +69,7 @@ pub async fn run(
             machine_id: config.machine_id,
             durability,
             search_candidates: config.limits.search_candidates,
+            write_queue: config.limits.write_queue.max(1),
             ..StoreOptions::new(&config.data_dir)
         },
         Arc::clone(&bus),

@@ -60,7 +60,7 @@ impl StoreOptions {
             data_dir: data_dir.into(),
             machine_id: 0,
             durability: Durability::Process,
-            write_queue: 16_384,
+            write_queue: 65_536,
             search_candidates: 2000,
         }
     }
@@ -81,10 +81,15 @@ pub const DB_FILE: &str = "parlor.db";
 
 /// How often the write-ahead log is copied back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// WAL frames (pages) past which a checkpoint also restarts the log, briefly waiting for
+/// the writer: under continuous load a passive checkpoint never catches the writer at a
+/// moment when the whole log is copied, so the log would otherwise grow without bound.
+const RESTART_AFTER_FRAMES: i64 = 16_384;
 
 /// Copies the write-ahead log into the database file from a thread of its own. SQLite
 /// would otherwise do it inside whichever commit crosses the threshold, with an fsync,
-/// stalling every message of that batch. PASSIVE never waits for the writer or readers.
+/// stalling every message of that batch. PASSIVE never waits for the writer or readers;
+/// RESTART, used only when the log is large, waits for the writer's current commit.
 fn checkpointer(path: &Path) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -92,11 +97,20 @@ fn checkpointer(path: &Path) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
     std::thread::Builder::new()
         .name("parlor-store-checkpointer".into())
         .spawn(move || {
+            let mut mode = "PASSIVE";
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(CHECKPOINT_EVERY)
             {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "checkpoint failed");
+                let sql = format!("PRAGMA wal_checkpoint({mode})");
+                match conn.query_row(&sql, [], |r| r.get::<_, i64>(1)) {
+                    Ok(frames) => {
+                        mode = if frames > RESTART_AFTER_FRAMES {
+                            "RESTART"
+                        } else {
+                            "PASSIVE"
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
                 }
             }
         })?;
@@ -117,6 +131,9 @@ fn open_writer_connection(path: &Path, durability: Durability) -> rusqlite::Resu
     conn.set_prepared_statement_cache_capacity(64);
     // Checkpoints run on their own thread (see `checkpointer`), never inside a commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // After a restart the log file is cut back to this size instead of staying as large
+    // as it ever grew.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     schema::migrate(&mut conn)?;
     Ok(conn)
 }
