@@ -728,6 +728,9 @@ pub fn searchable(
     }
 }
 
+/// Conversations a search restricts itself to inside the index; beyond, it filters.
+const MAX_SCOPE_TERMS: usize = 256;
+
 /// Runs the ranked query on the index, then reads the hits' current rows from the store.
 pub fn search(
     main: &Connection,
@@ -745,14 +748,33 @@ pub fn search(
             .collect::<Vec<_>>()
             .join(",")
     );
+    // Within the index, the query only walks the caller's conversations (their `scope`
+    // tokens), unless they are in so many that the OR would cost more than the filter.
+    let matching = if visible.len() <= MAX_SCOPE_TERMS {
+        let scopes = visible
+            .iter()
+            .map(|(c, _)| format!("\"{}\"", super::search_index::conversation_token(*c as u64)))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        format!("body : ({}) AND scope : ({scopes})", query.query.fts)
+    } else {
+        format!("body : ({})", query.query.fts)
+    };
+    // With the scope in the match the conversation filter is redundant: an empty list
+    // turns it off (reading each candidate's conversation costs as much as the match).
+    let conv_list = if visible.len() <= MAX_SCOPE_TERMS {
+        String::new()
+    } else {
+        conv_list
+    };
     // The newest `candidates` visible matches are ranked by BM25; ranking every match of
     // a common word over millions of rows would be unbounded work.
     let mut stmt = index
         .prepare_cached(
             "SELECT conv_id, seq, score FROM (
-                 SELECT conv_id, seq, bm25(message_fts) AS score, rowid AS id FROM message_fts
+                 SELECT conv_id, seq, bm25(message_fts, 1.0, 0.0) AS score, rowid AS id FROM message_fts
                  WHERE message_fts MATCH ?1
-                   AND conv_id IN (SELECT value FROM json_each(?2))
+                   AND (?2 = '' OR conv_id IN (SELECT value FROM json_each(?2)))
                    AND (?3 IS NULL OR sender = ?3)
                    AND (?4 IS NULL OR ts >= ?4)
                    AND (?5 IS NULL OR ts <= ?5)
@@ -763,7 +785,7 @@ pub fn search(
     let rows = stmt
         .query_map(
             params![
-                query.query.fts,
+                matching,
                 conv_list,
                 query.sender.map(|u| u.0 as i64),
                 query.from,

@@ -41,15 +41,24 @@ const SCHEMA: &str = r#"
     CREATE TABLE IF NOT EXISTS index_state (id INTEGER PRIMARY KEY CHECK (id = 1), applied_pos INTEGER NOT NULL);
     INSERT OR IGNORE INTO index_state (id, applied_pos) VALUES (1, 0);
     CREATE VIRTUAL TABLE IF NOT EXISTS message_fts USING fts5(
-        body, conv_id UNINDEXED, seq UNINDEXED, sender UNINDEXED, ts UNINDEXED,
+        body, scope, conv_id UNINDEXED, seq UNINDEXED, sender UNINDEXED, ts UNINDEXED,
         content = '', contentless_delete = 1, contentless_unindexed = 1,
         tokenize = 'unicode61 remove_diacritics 2'
     );
 "#;
 
-/// Bumped whenever [`search::index_text`] changes what it produces: an index built with
-/// another version is dropped and rebuilt from the store at start-up.
-const TOKENIZER_VERSION: i64 = 2;
+/// Bumped whenever what is indexed per message changes ([`search::index_text`] or the
+/// conversation token): an index built with another version is dropped and rebuilt
+/// from the store at start-up.
+const TOKENIZER_VERSION: i64 = 3;
+
+/// Every indexed message also carries, in the `scope` column, a token naming its
+/// conversation, so that a query can be restricted to the caller's conversations inside
+/// the full-text index itself instead of checking the conversation of every match of a
+/// common word (see `reader::search`). `scope` has weight 0 in the ranking.
+pub fn conversation_token(conv: u64) -> String {
+    format!("zconv{conv}")
+}
 
 fn open_index(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -75,7 +84,7 @@ fn apply(conn: &Connection, ops: &[(u64, IndexOp)]) -> rusqlite::Result<()> {
     {
         let mut delete = tx.prepare_cached("DELETE FROM message_fts WHERE rowid = ?1")?;
         let mut insert = tx.prepare_cached(
-            "INSERT INTO message_fts (rowid, body, conv_id, seq, sender, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO message_fts (rowid, body, scope, conv_id, seq, sender, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let mut applied = 0u64;
         for (pos, op) in ops {
@@ -93,6 +102,7 @@ fn apply(conn: &Connection, ops: &[(u64, IndexOp)]) -> rusqlite::Result<()> {
                     insert.execute(params![
                         *id as i64,
                         search::index_text(text),
+                        conversation_token(*conv),
                         *conv as i64,
                         *seq as i64,
                         *sender as i64,
