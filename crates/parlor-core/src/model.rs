@@ -134,7 +134,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_text_bytes: 16 * 1024,
-            search_candidates: 500,
+            search_candidates: 300,
             member_limit: 1000,
             history_max_page: 200,
             sync_page: 1000,

@@ -90,8 +90,11 @@ pub struct Query {
     pub fts: String,
 }
 
-/// Every whitespace-separated term must match (AND); the last one also matches as a
-/// prefix, so results appear while typing. CJK terms become phrases of their bigrams.
+/// Every whitespace-separated term must match (AND). A term ending in `*` matches as a
+/// prefix (`deplo*` finds "deploy" and "deployment"); others match whole words only,
+/// because expanding a short prefix means merging the postings of every word that starts
+/// with it, which made common searches tens of times slower. CJK terms become phrases of
+/// their bigrams; a single CJK character always matches as a prefix of its bigrams.
 pub fn parse_query(raw: &str) -> Result<Query> {
     let raw = raw.trim();
     if raw.len() > MAX_QUERY_BYTES {
@@ -114,11 +117,9 @@ pub fn parse_query(raw: &str) -> Result<Query> {
             format!("search query has more than {MAX_QUERY_TERMS} terms"),
         ));
     }
-    let last = terms.len() - 1;
     let parts: Vec<String> = terms
         .iter()
-        .enumerate()
-        .filter_map(|(i, term)| {
+        .filter_map(|term| {
             let toks = tokens(term, true);
             if toks.is_empty() {
                 return None;
@@ -130,7 +131,7 @@ pub fn parse_query(raw: &str) -> Result<Query> {
                 .join(" ");
             let single_cjk =
                 toks.len() == 1 && toks[0].chars().count() == 1 && toks[0].chars().all(is_cjk);
-            let prefix = i == last || single_cjk;
+            let prefix = term.ends_with('*') || single_cjk;
             Some(if prefix {
                 format!("\"{phrase}\"*")
             } else {
@@ -155,6 +156,37 @@ fn fold(c: char) -> char {
         }
     });
     base.to_lowercase().next().unwrap_or(base)
+}
+
+/// How well `text` matches `terms`, for ranking results that all contain every term: the
+/// term-frequency and length parts of BM25 (its IDF part is the same for every such
+/// result). A term ending in `*` counts words that start with it.
+pub fn relevance(text: &str, terms: &[String]) -> f64 {
+    const K1: f64 = 1.2;
+    const B: f64 = 0.75;
+    /// Typical words per chat message.
+    const AVERAGE_LEN: f64 = 12.0;
+    let folded = |s: &str| s.chars().map(fold).collect::<String>();
+    let words: Vec<String> = tokens(text, false).iter().map(|t| folded(t)).collect();
+    let norm = K1 * (1.0 - B + B * words.len() as f64 / AVERAGE_LEN);
+    terms
+        .iter()
+        .filter_map(|term| {
+            let prefix = term.ends_with('*');
+            let first = folded(tokens(term, true).first()?);
+            let tf = words
+                .iter()
+                .filter(|w| {
+                    if prefix {
+                        w.starts_with(&first)
+                    } else {
+                        **w == first
+                    }
+                })
+                .count() as f64;
+            Some(tf * (K1 + 1.0) / (tf + norm))
+        })
+        .sum()
 }
 
 /// A short excerpt of `text` around the first match, with the matched ranges as
@@ -228,15 +260,31 @@ mod tests {
             terms: vec![],
             fts: String::new(),
         });
-        assert_eq!(q.fts, "\"東京\" AND \"café\"*");
+        assert_eq!(q.fts, "\"東京\" AND \"café\"");
+        let prefix = parse_query("deplo* 京").unwrap_or_else(|_| Query {
+            terms: vec![],
+            fts: String::new(),
+        });
+        assert_eq!(prefix.fts, "\"deplo\"* AND \"京\"*");
         let injection = parse_query("x\" OR 1=1 --").unwrap_or_else(|_| Query {
             terms: vec![],
             fts: String::new(),
         });
-        assert_eq!(injection.fts, "\"x\" AND \"OR\" AND \"1 1\"*");
+        assert_eq!(injection.fts, "\"x\" AND \"OR\" AND \"1 1\"");
         assert!(parse_query("   ").is_err());
         assert!(parse_query("!!! ???").is_err());
         assert!(parse_query(&"a".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn relevance_prefers_more_and_denser_matches() {
+        let terms = vec!["deploy".to_string()];
+        let once = relevance("we deploy on friday after the review of the branch", &terms);
+        let twice = relevance("deploy deploy", &terms);
+        let short = relevance("Deploy now", &terms);
+        assert!(twice > short && short > once && once > 0.0);
+        assert_eq!(relevance("nothing here", &terms), 0.0);
+        assert!(relevance("déployer", &["deploy*".to_string()]) > 0.0);
     }
 
     #[test]

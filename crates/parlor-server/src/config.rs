@@ -182,7 +182,7 @@ impl Default for LimitsConfig {
             sync_page: 1000,
             max_frame_bytes: 128 * 1024,
             max_body_bytes: 1024 * 1024,
-            search_candidates: 500,
+            search_candidates: 300,
             write_queue: 65_536,
         }
     }

@@ -61,7 +61,7 @@ impl StoreOptions {
             machine_id: 0,
             durability: Durability::Process,
             write_queue: 65_536,
-            search_candidates: 500,
+            search_candidates: 300,
         }
     }
 }

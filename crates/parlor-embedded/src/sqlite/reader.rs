@@ -767,19 +767,19 @@ pub fn search(
     } else {
         conv_list
     };
-    // The newest `candidates` visible matches are ranked by BM25; ranking every match of
-    // a common word over millions of rows would be unbounded work.
+    // The newest `candidates` visible matches; ranking every match of a common word over
+    // millions of messages would be unbounded work. (FTS5's own bm25() is not used: it
+    // computes each phrase's document frequency over the whole index on every query,
+    // conversation tokens included, which cost more than the rest of the search.)
     let mut stmt = index
         .prepare_cached(
-            "SELECT conv_id, seq, score FROM (
-                 SELECT conv_id, seq, bm25(message_fts, 1.0, 0.0) AS score, rowid AS id FROM message_fts
-                 WHERE message_fts MATCH ?1
-                   AND (?2 = '' OR conv_id IN (SELECT value FROM json_each(?2)))
-                   AND (?3 IS NULL OR sender = ?3)
-                   AND (?4 IS NULL OR ts >= ?4)
-                   AND (?5 IS NULL OR ts <= ?5)
-                 ORDER BY rowid DESC LIMIT ?6
-             ) ORDER BY score, id DESC",
+            "SELECT conv_id, seq FROM message_fts
+             WHERE message_fts MATCH ?1
+               AND (?2 = '' OR conv_id IN (SELECT value FROM json_each(?2)))
+               AND (?3 IS NULL OR sender = ?3)
+               AND (?4 IS NULL OR ts >= ?4)
+               AND (?5 IS NULL OR ts <= ?5)
+             ORDER BY rowid DESC LIMIT ?6",
         )
         .map_err(db_err)?;
     let rows = stmt
@@ -795,9 +795,7 @@ pub fn search(
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)),
         )
         .map_err(db_err)?;
-    let mut hits = Vec::new();
-    let mut skipped = 0u32;
-    let mut more = false;
+    let mut found = Vec::new();
     for row in rows {
         let (conv, seq) = row.map_err(db_err)?;
         if let Some(Some(left_seq)) = bounds.get(&conv) {
@@ -805,28 +803,36 @@ pub fn search(
                 continue;
             }
         }
-        if skipped < query.offset {
-            skipped += 1;
-            continue;
+        match message_by_seq(main, Id(conv as u64), seq)? {
+            Some(message) if !message.deleted => found.push(message),
+            _ => {}
         }
-        if hits.len() == query.limit as usize {
-            more = true;
-            break;
-        }
-        let Some(message) = message_by_seq(main, Id(conv as u64), seq)? else {
-            continue;
-        };
-        if message.deleted {
-            continue;
-        }
-        let (snippet, highlights) =
-            parlor_core::search::snippet(&message.text, &query.query.terms, 160);
-        hits.push(SearchHit {
-            message,
-            snippet,
-            highlights,
-        });
     }
+    // Most relevant first; `found` is newest first and the sort is stable, so ties keep
+    // the newest on top.
+    let scores: Vec<f64> = found
+        .iter()
+        .map(|m| parlor_core::search::relevance(&m.text, &query.query.terms))
+        .collect();
+    let mut order: Vec<usize> = (0..found.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let more = order.len() > query.offset as usize + query.limit as usize;
+    let mut slots: Vec<Option<MessageView>> = found.into_iter().map(Some).collect();
+    let hits = order
+        .into_iter()
+        .skip(query.offset as usize)
+        .take(query.limit as usize)
+        .filter_map(|i| slots[i].take())
+        .map(|message| {
+            let (snippet, highlights) =
+                parlor_core::search::snippet(&message.text, &query.query.terms, 160);
+            SearchHit {
+                message,
+                snippet,
+                highlights,
+            }
+        })
+        .collect();
     Ok(SearchResults {
         next_cursor: more.then(|| (query.offset + query.limit).to_string()),
         results: hits,
