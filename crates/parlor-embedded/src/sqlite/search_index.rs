@@ -122,6 +122,25 @@ fn apply(conn: &Connection, ops: &[(u64, IndexOp)]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// A row of (pos, id, conv_id, seq, sender, created_at, body, deleted) as the operation
+/// that brings the index up to that message's current state.
+fn operation(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, IndexOp)> {
+    let (pos, id): (i64, i64) = (r.get(0)?, r.get(1)?);
+    let op = if r.get::<_, bool>(7)? {
+        IndexOp::Remove { id: id as u64 }
+    } else {
+        IndexOp::Upsert {
+            id: id as u64,
+            conv: r.get::<_, i64>(2)? as u64,
+            seq: r.get::<_, i64>(3)? as u64,
+            sender: r.get::<_, i64>(4)? as u64,
+            ts: r.get(5)?,
+            text: r.get(6)?,
+        }
+    };
+    Ok((pos as u64, op))
+}
+
 /// What the main store committed after `after`, as index operations in position order.
 fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>> {
     let mut ops = Vec::new();
@@ -134,22 +153,7 @@ fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>
          WHERE conv_id = ?1 AND pos > ?2",
     )?;
     for conv in convs {
-        let rows = stmt.query_map(params![conv, after as i64], |r| {
-            let (pos, id): (i64, i64) = (r.get(0)?, r.get(1)?);
-            let op = if r.get::<_, bool>(7)? {
-                IndexOp::Remove { id: id as u64 }
-            } else {
-                IndexOp::Upsert {
-                    id: id as u64,
-                    conv: r.get::<_, i64>(2)? as u64,
-                    seq: r.get::<_, i64>(3)? as u64,
-                    sender: r.get::<_, i64>(4)? as u64,
-                    ts: r.get(5)?,
-                    text: r.get(6)?,
-                }
-            };
-            Ok((pos as u64, op))
-        })?;
+        let rows = stmt.query_map(params![conv, after as i64], operation)?;
         for row in rows {
             ops.push(row?);
         }
@@ -160,22 +164,7 @@ fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>
          FROM message_changes c JOIN messages m ON m.conv_id = c.conv_id AND m.seq = c.seq
          WHERE c.pos > ?1",
     )?;
-    let rows = changes.query_map([after as i64], |r| {
-        let (pos, id): (i64, i64) = (r.get(0)?, r.get(1)?);
-        let op = if r.get::<_, bool>(7)? {
-            IndexOp::Remove { id: id as u64 }
-        } else {
-            IndexOp::Upsert {
-                id: id as u64,
-                conv: r.get::<_, i64>(2)? as u64,
-                seq: r.get::<_, i64>(3)? as u64,
-                sender: r.get::<_, i64>(4)? as u64,
-                ts: r.get(5)?,
-                text: r.get(6)?,
-            }
-        };
-        Ok((pos as u64, op))
-    })?;
+    let rows = changes.query_map([after as i64], operation)?;
     for row in rows {
         ops.push(row?);
     }
