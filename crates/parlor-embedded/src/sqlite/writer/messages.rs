@@ -1,0 +1,435 @@
+//! Messages: appends (the hot path), edits, deletes, and read and delivery markers.
+
+use super::*;
+
+impl Writer {
+    pub(super) fn mark_read(&mut self, user: UserId, conv: ConvId, seq: u64) -> Result<u64> {
+        let state = self
+            .conv(conv)?
+            .ok_or_else(|| Error::not_found("conversation not found"))?;
+        if !state.roles.contains_key(&user) {
+            return Err(Error::not_member());
+        }
+        if seq > state.last_seq {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                "cannot mark read beyond the last message",
+            ));
+        }
+        self.flush_sender_reads().map_err(db_err)?;
+        let current: i64 = self
+            .conn
+            .prepare_cached("SELECT read_seq FROM members WHERE conv_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.query_row(params![conv.0 as i64, user.0 as i64], |r| r.get(0)))
+            .map_err(db_err)?;
+        if seq <= current as u64 {
+            return Ok(current as u64);
+        }
+        let pos = self.next_pos();
+        self.conn
+            .prepare_cached("UPDATE members SET read_seq = ?3, read_pos = ?4 WHERE conv_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.execute(params![conv.0 as i64, user.0 as i64, seq as i64, pos as i64]))
+            .map_err(db_err)?;
+        let recipients = self
+            .convs
+            .get(&conv)
+            .map(|s| Arc::clone(&s.recipients))
+            .unwrap_or_else(|| Arc::from(vec![user]));
+        self.events.push(Event {
+            pos,
+            recipients,
+            frame: ServerFrame::Read(ReadEvent {
+                pos: Id(pos),
+                conv,
+                user,
+                seq,
+            }),
+        });
+        Ok(seq)
+    }
+
+    pub(super) fn original(&self, sender: UserId, cid: &str) -> Result<Option<Appended>> {
+        self.conn
+            .prepare_cached("SELECT id, conv_id, seq, pos, created_at FROM messages WHERE sender = ?1 AND cid = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![sender.0 as i64, cid], |r| {
+                    Ok(Appended {
+                        id: Id(r.get::<_, i64>(0)? as u64),
+                        conv: Id(r.get::<_, i64>(1)? as u64),
+                        seq: r.get::<_, i64>(2)? as u64,
+                        pos: r.get::<_, i64>(3)? as u64,
+                        ts: r.get(4)?,
+                        duplicate: true,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db_err)
+    }
+
+    pub(super) fn append(&mut self, message: NewMessage) -> Result<Appended> {
+        let NewMessage {
+            conv,
+            sender,
+            cid,
+            text,
+            reply_to,
+            mentions,
+            mention_all,
+        } = message;
+        let is_member =
+            matches!(self.conv(conv)?, Some(state) if state.roles.contains_key(&sender));
+        if !is_member {
+            // A late retry of a stored message still gets its acknowledgement, even if
+            // the sender has left since.
+            if let Some(cid) = &cid {
+                if let Some(original) = self.original(sender, cid)? {
+                    return Ok(original);
+                }
+            }
+            return Err(match self.convs.contains_key(&conv) {
+                true => Error::not_member(),
+                false => Error::not_found("conversation not found"),
+            });
+        }
+        let Some(state) = self.convs.get(&conv) else {
+            return Err(Error::internal());
+        };
+        // Everything is checked before the first write, so a refused message leaves
+        // nothing behind without needing a savepoint on this hot path.
+        if let Some(target) = reply_to {
+            if target == 0 || target > state.last_seq {
+                return Err(Error::new(
+                    ErrorCode::BadRequest,
+                    "reply_to names no message of this conversation",
+                ));
+            }
+        }
+        if let Some(stranger) = mentions.iter().find(|u| !state.roles.contains_key(u)) {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!("mentioned user {stranger} is not a member"),
+            ));
+        }
+        if mention_all && state.info.kind != ConversationKind::Group {
+            return Err(Error::new(ErrorCode::BadRequest, "@all is only for groups"));
+        }
+        let seq = state.last_seq + 1;
+        let recipients = Arc::clone(&state.recipients);
+        let ts = now_ms();
+        let id = self.ids.next_id(ts);
+        let pos = self.pos + 1;
+        let mention_list = (!mentions.is_empty()).then(|| {
+            mentions
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT(sender, cid) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    conv.0 as i64,
+                    seq as i64,
+                    id as i64,
+                    pos as i64,
+                    sender.0 as i64,
+                    cid,
+                    text,
+                    ts,
+                    reply_to.map(|r| r as i64),
+                    mention_list,
+                    mention_all
+                ])
+            })
+            .map_err(db_err)?;
+        if inserted == 0 {
+            let cid = cid.as_deref().unwrap_or_default();
+            return self.original(sender, cid)?.ok_or_else(Error::internal);
+        }
+        if !mentions.is_empty() {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO mentions (user_id, conv_id, seq) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db_err)?;
+            for user in &mentions {
+                stmt.execute(params![user.0 as i64, conv.0 as i64, seq as i64])
+                    .map_err(db_err)?;
+            }
+        }
+        self.pos = pos;
+        if let Some(state) = self.convs.get_mut(&conv) {
+            state.last_seq = seq;
+        }
+        self.sender_reads.insert((conv, sender), seq);
+        if self.search.is_some() {
+            self.index_ops.push((
+                pos,
+                IndexOp::Upsert {
+                    id,
+                    conv: conv.0,
+                    seq,
+                    sender: sender.0,
+                    ts,
+                    text: text.clone(),
+                },
+            ));
+        }
+        self.events.push(Event {
+            pos,
+            recipients,
+            frame: ServerFrame::Message(MessageEvent {
+                pos: Id(pos),
+                message: MessageView {
+                    conv,
+                    id: Id(id),
+                    seq,
+                    sender,
+                    text,
+                    ts,
+                    cid,
+                    reply_to,
+                    mentions,
+                    mention_all,
+                    edited_at: None,
+                    deleted: false,
+                },
+            }),
+        });
+        Ok(Appended {
+            id: Id(id),
+            conv,
+            seq,
+            pos,
+            ts,
+            duplicate: false,
+        })
+    }
+
+    /// The stored message `seq` of `conv`: (id, sender, deleted).
+    pub(super) fn message_row(
+        &self,
+        conv: ConvId,
+        seq: u64,
+    ) -> Result<Option<(u64, UserId, bool)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, sender, deleted FROM messages WHERE conv_id = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![conv.0 as i64, seq as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        Id(r.get::<_, i64>(1)? as u64),
+                        r.get::<_, bool>(2)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(db_err)
+    }
+
+    pub(super) fn record_change(
+        &mut self,
+        conv: ConvId,
+        seq: u64,
+        kind: i64,
+        actor: UserId,
+        at: i64,
+    ) -> Result<u64> {
+        let pos = self.next_pos();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO message_changes (pos, conv_id, seq, kind, actor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| s.execute(params![pos as i64, conv.0 as i64, seq as i64, kind, actor.0 as i64, at]))
+            .map_err(db_err)?;
+        Ok(pos)
+    }
+
+    pub(super) fn member_state(
+        &mut self,
+        user: UserId,
+        conv: ConvId,
+    ) -> Result<(Role, Arc<[UserId]>, ConversationKind)> {
+        let state = self
+            .conv(conv)?
+            .ok_or_else(|| Error::not_found("conversation not found"))?;
+        let role = *state.roles.get(&user).ok_or_else(Error::not_member)?;
+        Ok((role, Arc::clone(&state.recipients), state.info.kind))
+    }
+
+    pub(super) fn edit(
+        &mut self,
+        actor: UserId,
+        conv: ConvId,
+        seq: u64,
+        text: String,
+    ) -> Result<MessageView> {
+        let (_, recipients, _) = self.member_state(actor, conv)?;
+        let (id, sender, deleted) = self
+            .message_row(conv, seq)?
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        if sender != actor {
+            return Err(Error::forbidden("only the sender can edit a message"));
+        }
+        if deleted {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "a deleted message cannot be edited",
+            ));
+        }
+        let at = now_ms();
+        self.conn
+            .prepare_cached(
+                "UPDATE messages SET body = ?3, edited_at = ?4 WHERE conv_id = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64, text, at]))
+            .map_err(db_err)?;
+        let pos = self.record_change(conv, seq, 0, actor, at)?;
+        let view =
+            crate::sqlite::reader::message_by_seq(&self.conn, conv, seq)?.ok_or_else(Error::internal)?;
+        if self.search.is_some() {
+            self.index_ops.push((
+                pos,
+                IndexOp::Upsert {
+                    id,
+                    conv: conv.0,
+                    seq,
+                    sender: sender.0,
+                    ts: view.ts,
+                    text: text.clone(),
+                },
+            ));
+        }
+        self.events.push(Event {
+            pos,
+            recipients,
+            frame: ServerFrame::Edited(EditedEvent {
+                pos: Id(pos),
+                conv,
+                seq,
+                id: Id(id),
+                text,
+                edited_at: at,
+                by: actor,
+            }),
+        });
+        Ok(view)
+    }
+
+    pub(super) fn delete(&mut self, actor: UserId, conv: ConvId, seq: u64) -> Result<()> {
+        let (role, recipients, kind) = self.member_state(actor, conv)?;
+        let (id, sender, deleted) = self
+            .message_row(conv, seq)?
+            .ok_or_else(|| Error::not_found("message not found"))?;
+        let moderator =
+            kind == ConversationKind::Group && matches!(role, Role::Owner | Role::Admin);
+        if sender != actor && !moderator {
+            return Err(Error::forbidden(
+                "only the sender, or a group's owner and admins, can delete a message",
+            ));
+        }
+        if deleted {
+            return Ok(());
+        }
+        let at = now_ms();
+        let mentioned: Option<String> = self
+            .conn
+            .prepare_cached("SELECT mentions FROM messages WHERE conv_id = ?1 AND seq = ?2")
+            .and_then(|mut s| s.query_row(params![conv.0 as i64, seq as i64], |r| r.get(0)))
+            .map_err(db_err)?;
+        for user in mentioned
+            .iter()
+            .flat_map(|m| m.split(' '))
+            .filter_map(|u| u.parse::<i64>().ok())
+        {
+            self.conn
+                .prepare_cached(
+                    "DELETE FROM mentions WHERE user_id = ?1 AND conv_id = ?2 AND seq = ?3",
+                )
+                .and_then(|mut s| s.execute(params![user, conv.0 as i64, seq as i64]))
+                .map_err(db_err)?;
+        }
+        // The text leaves the store: a tombstone keeps only who and when.
+        self.conn
+            .prepare_cached(
+                "UPDATE messages SET body = '', mentions = NULL, mention_all = 0, reply_to = NULL, deleted = 1
+                 WHERE conv_id = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64]))
+            .map_err(db_err)?;
+
+        let pos = self.record_change(conv, seq, 1, actor, at)?;
+        if self.search.is_some() {
+            self.index_ops.push((pos, IndexOp::Remove { id }));
+        }
+        self.events.push(Event {
+            pos,
+            recipients,
+            frame: ServerFrame::Deleted(DeletedEvent {
+                pos: Id(pos),
+                conv,
+                seq,
+                id: Id(id),
+                by: actor,
+                ts: at,
+            }),
+        });
+        Ok(())
+    }
+
+    pub(super) fn delivered(&mut self, user: UserId, conv: ConvId, seq: u64) -> Result<u64> {
+        let (_, recipients, _) = self.member_state(user, conv)?;
+        let last_seq = self.convs.get(&conv).map_or(0, |s| s.last_seq);
+        if seq > last_seq {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                "cannot mark delivered beyond the last message",
+            ));
+        }
+        let current: i64 = self
+            .conn
+            .prepare_cached("SELECT delivered_seq FROM members WHERE conv_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.query_row(params![conv.0 as i64, user.0 as i64], |r| r.get(0)))
+            .map_err(db_err)?;
+        if seq <= current as u64 {
+            return Ok(current as u64);
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE members SET delivered_seq = ?3 WHERE conv_id = ?1 AND user_id = ?2",
+            )
+            .and_then(|mut s| s.execute(params![conv.0 as i64, user.0 as i64, seq as i64]))
+            .map_err(db_err)?;
+        // Delivery markers are live-only: the current values are in `receipts`.
+        self.events.push(Event {
+            pos: 0,
+            recipients,
+            frame: ServerFrame::Delivered(DeliveredEvent { conv, user, seq }),
+        });
+        Ok(seq)
+    }
+
+    /// Sending implies having read the conversation up to one's own message; written once
+    /// per batch and (conversation, sender), not once per message.
+    pub(super) fn flush_sender_reads(&mut self) -> rusqlite::Result<()> {
+        if self.sender_reads.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE members SET read_seq = MAX(read_seq, ?3) WHERE conv_id = ?1 AND user_id = ?2",
+        )?;
+        for ((conv, user), seq) in self.sender_reads.drain() {
+            stmt.execute(params![conv.0 as i64, user.0 as i64, seq as i64])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,492 @@
+//! The single writer thread. Every write of the store is a [`Command`] on one channel; the
+//! thread takes whatever is queued (up to [`MAX_BATCH`]), runs it in one transaction and
+//! commits once (group commit), then answers each command and publishes the batch's
+//! events to the bus, in commit order. One writer means sequence numbers and positions
+//! are assigned without locks and are gap-free by construction.
+
+use super::codec::{change_code, role_code, role_from_code};
+use super::search_index::{IndexOp, SearchIndex};
+use parking_lot::RwLock;
+use parlor_core::error::{Error, Result};
+use parlor_core::model::*;
+use parlor_core::ports::Bus;
+use parlor_core::rules::membership;
+use parlor_core::snowflake::Snowflake;
+use parlor_proto::rest::{ConversationInfo, ConversationKind, MessageView, Role, UserView};
+use parlor_proto::ws::{
+    DeletedEvent, DeliveredEvent, EditedEvent, MemberChange, MemberEvent, MessageEvent, ReadEvent,
+    ServerFrame,
+};
+use parlor_proto::{ErrorCode, Id};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+mod accounts;
+mod conversations;
+mod messages;
+
+/// Upper bound of commands per transaction; keeps the commit latency bounded under load.
+pub const MAX_BATCH: usize = 4096;
+/// Commits after which the writer, when it next has nothing queued, completes a
+/// checkpoint itself (see [`Writer::finish_checkpoint`]).
+const CHECKPOINT_AFTER_COMMITS: u32 = 1000;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub enum Command {
+    Ping(Reply<()>),
+    /// Commit what is queued, answer, then stop: later commands fail with `unavailable`.
+    Shutdown(Reply<()>),
+    CreateUser {
+        username: String,
+        password_hash: String,
+        reply: Reply<UserView>,
+    },
+    CreateSession {
+        user: UserId,
+        device_name: String,
+        refresh_hash: [u8; 32],
+        expires_at: i64,
+        reply: Reply<DeviceId>,
+    },
+    RotateRefresh {
+        presented: [u8; 32],
+        next: [u8; 32],
+        expires_at: i64,
+        reply: Reply<RefreshOutcome>,
+    },
+    RevokeSession {
+        device: DeviceId,
+        reply: Reply<()>,
+    },
+    OpenDirect {
+        a: UserId,
+        b: UserId,
+        reply: Reply<(ConversationInfo, bool)>,
+    },
+    CreateGroup {
+        owner: UserId,
+        name: String,
+        members: Vec<UserId>,
+        limit: u32,
+        reply: Reply<ConversationInfo>,
+    },
+    Membership {
+        command: MembershipCommand,
+        limit: u32,
+        reply: Reply<()>,
+    },
+    MarkRead {
+        user: UserId,
+        conv: ConvId,
+        seq: u64,
+        reply: Reply<u64>,
+    },
+    Append {
+        message: NewMessage,
+        reply: Reply<Appended>,
+    },
+    Edit {
+        actor: UserId,
+        conv: ConvId,
+        seq: u64,
+        text: String,
+        reply: Reply<MessageView>,
+    },
+    Delete {
+        actor: UserId,
+        conv: ConvId,
+        seq: u64,
+        reply: Reply<()>,
+    },
+    Delivered {
+        user: UserId,
+        conv: ConvId,
+        seq: u64,
+        reply: Reply<u64>,
+    },
+    SetLastSeen {
+        user: UserId,
+        at: i64,
+        reply: Reply<()>,
+    },
+}
+
+/// What the writer remembers about a conversation so that a send needs one INSERT.
+struct ConvState {
+    info: ConversationInfo,
+    last_seq: u64,
+    roles: HashMap<UserId, Role>,
+    /// Current members, shared by every event of the conversation until membership changes.
+    recipients: Arc<[UserId]>,
+}
+
+impl ConvState {
+    fn refresh_recipients(&mut self) {
+        let mut users: Vec<UserId> = self.roles.keys().copied().collect();
+        users.sort_unstable();
+        self.recipients = users.into();
+    }
+}
+
+/// State shared between the writer and the readers.
+pub struct Shared {
+    /// Newest committed position; readers bound their backlog by it.
+    pub head: AtomicU64,
+    /// Revoked device sessions, checked on every authenticated request without I/O.
+    pub revoked: RwLock<HashSet<u64>>,
+    /// Current members of the conversations the writer has loaded. Only the writer
+    /// inserts, so a reader can never put back a list older than the writer's.
+    pub members: RwLock<HashMap<ConvId, Arc<[UserId]>>>,
+}
+
+pub struct Writer {
+    conn: Connection,
+    ids: Snowflake,
+    pos: u64,
+    convs: HashMap<ConvId, ConvState>,
+    shared: Arc<Shared>,
+    bus: Arc<dyn Bus>,
+    // Per-batch buffers, reused across batches.
+    events: Vec<Event>,
+    replies: Vec<Box<dyn FnOnce(bool) + Send>>,
+    sender_reads: HashMap<(ConvId, UserId), u64>,
+    stopping: bool,
+    commits_since_checkpoint: u32,
+    search: Option<Arc<SearchIndex>>,
+    index_ops: Vec<(u64, IndexOp)>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    tracing::error!(error = %e, "store write failed");
+    Error::unavailable()
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        machine: u16,
+        shared: Arc<Shared>,
+        bus: Arc<dyn Bus>,
+        search: Option<Arc<SearchIndex>>,
+    ) -> rusqlite::Result<Self> {
+        let mut ids = Snowflake::new(machine);
+        let pos: u64 = conn.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(pos) FROM messages), 0),
+                        COALESCE((SELECT MAX(pos) FROM member_events), 0),
+                        COALESCE((SELECT MAX(pos) FROM message_changes), 0),
+                        COALESCE((SELECT MAX(read_pos) FROM members), 0))",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        for sql in [
+            "SELECT MAX(id) FROM users",
+            "SELECT MAX(id) FROM conversations",
+            "SELECT MAX(id) FROM sessions",
+        ] {
+            if let Some(max) = conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))? {
+                ids.observe(max as u64);
+            }
+        }
+        let max_msg: Option<i64> =
+            conn.query_row("SELECT MAX(id) FROM messages", [], |r| r.get(0))?;
+        if let Some(max) = max_msg {
+            ids.observe(max as u64);
+        }
+        shared.head.store(pos, Ordering::Release);
+        Ok(Writer {
+            conn,
+            ids,
+            pos,
+            convs: HashMap::new(),
+            shared,
+            bus,
+            events: Vec::new(),
+            replies: Vec::new(),
+            sender_reads: HashMap::new(),
+            stopping: false,
+            commits_since_checkpoint: 0,
+            search,
+            index_ops: Vec::new(),
+        })
+    }
+
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(256);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.execute_batch(&mut batch);
+            if self.stopping {
+                break;
+            }
+            self.commits_since_checkpoint += 1;
+            if self.commits_since_checkpoint >= CHECKPOINT_AFTER_COMMITS && rx.is_empty() {
+                self.finish_checkpoint();
+            }
+        }
+        // Shutdown requested or every sender gone: leave a compact database behind.
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "final checkpoint failed");
+        }
+        tracing::info!("store writer stopped");
+    }
+
+    /// The checkpointer thread copies the log into the database as it grows, but under
+    /// continuous writes it never finishes between two commits, and the log can only
+    /// start over once a checkpoint has finished. When the writer is idle, it finishes
+    /// one: little is left to copy, and the next commit then restarts the log.
+    fn finish_checkpoint(&mut self) {
+        self.commits_since_checkpoint = 0;
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "checkpoint failed");
+        }
+    }
+
+    fn execute_batch(&mut self, batch: &mut Vec<Command>) {
+        let start_pos = self.pos;
+        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = began {
+            tracing::error!(error = %e, "cannot begin write transaction");
+            for command in batch.drain(..) {
+                self.answer_without_commit(command);
+            }
+            return;
+        }
+        for command in batch.drain(..) {
+            self.execute(command);
+        }
+        let committed = self
+            .flush_sender_reads()
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        let ok = match committed {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed, batch rolled back");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.pos = start_pos;
+                self.convs.clear();
+                self.shared.members.write().clear();
+                self.events.clear();
+                self.index_ops.clear();
+                false
+            }
+        };
+        if ok {
+            self.shared.head.store(self.pos, Ordering::Release);
+            if !self.events.is_empty() {
+                let events: Arc<[Event]> = self.events.drain(..).collect();
+                self.bus.publish(events);
+            }
+            if let Some(search) = &self.search {
+                search.feed(std::mem::take(&mut self.index_ops));
+            }
+        }
+        for reply in self.replies.drain(..) {
+            reply(ok);
+        }
+    }
+
+    fn answer_without_commit(&mut self, command: Command) {
+        fn fail<T>(reply: Reply<T>) {
+            let _ = reply.send(Err(Error::unavailable()));
+        }
+        match command {
+            Command::Ping(reply) | Command::Shutdown(reply) => fail(reply),
+            Command::CreateUser { reply, .. } => fail(reply),
+            Command::CreateSession { reply, .. } => fail(reply),
+            Command::RotateRefresh { reply, .. } => fail(reply),
+            Command::RevokeSession { reply, .. } => fail(reply),
+            Command::OpenDirect { reply, .. } => fail(reply),
+            Command::CreateGroup { reply, .. } => fail(reply),
+            Command::Membership { reply, .. } => fail(reply),
+            Command::MarkRead { reply, .. } => fail(reply),
+            Command::Append { reply, .. } => fail(reply),
+            Command::Edit { reply, .. } => fail(reply),
+            Command::Delete { reply, .. } | Command::SetLastSeen { reply, .. } => fail(reply),
+            Command::Delivered { reply, .. } => fail(reply),
+        }
+    }
+
+    fn execute(&mut self, command: Command) {
+        match command {
+            Command::Ping(reply) => self.finish(reply, Ok(())),
+            Command::Shutdown(reply) => {
+                self.stopping = true;
+                self.finish(reply, Ok(()))
+            }
+            Command::CreateUser {
+                username,
+                password_hash,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.create_user(username, &password_hash));
+                self.finish(reply, result)
+            }
+            Command::CreateSession {
+                user,
+                device_name,
+                refresh_hash,
+                expires_at,
+                reply,
+            } => {
+                let result = self.create_session(user, &device_name, refresh_hash, expires_at);
+                self.finish(reply, result)
+            }
+            Command::RotateRefresh {
+                presented,
+                next,
+                expires_at,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.rotate_refresh(presented, next, expires_at));
+                self.finish(reply, result)
+            }
+            Command::RevokeSession { device, reply } => {
+                let result = self.revoke(device);
+                self.finish(reply, result)
+            }
+            Command::OpenDirect { a, b, reply } => {
+                let result = self.savepoint(|w| w.open_direct(a, b));
+                self.finish(reply, result)
+            }
+            Command::CreateGroup {
+                owner,
+                name,
+                members,
+                limit,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.create_group(owner, name, &members, limit));
+                self.finish(reply, result)
+            }
+            Command::Membership {
+                command,
+                limit,
+                reply,
+            } => {
+                let conv = match &command {
+                    MembershipCommand::Add { conv, .. }
+                    | MembershipCommand::Remove { conv, .. }
+                    | MembershipCommand::Leave { conv, .. }
+                    | MembershipCommand::SetRole { conv, .. } => *conv,
+                };
+                let result = self.savepoint(|w| w.membership(command, limit));
+                if result.is_err() {
+                    // The cached state may be ahead of the rolled-back rows.
+                    self.convs.remove(&conv);
+                }
+                self.finish(reply, result)
+            }
+            Command::MarkRead {
+                user,
+                conv,
+                seq,
+                reply,
+            } => {
+                let result = self.mark_read(user, conv, seq);
+                self.finish(reply, result)
+            }
+            Command::Append { message, reply } => {
+                let result = self.append(message);
+                self.finish(reply, result)
+            }
+            Command::Edit {
+                actor,
+                conv,
+                seq,
+                text,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.edit(actor, conv, seq, text));
+                self.finish(reply, result)
+            }
+            Command::Delete {
+                actor,
+                conv,
+                seq,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.delete(actor, conv, seq));
+                self.finish(reply, result)
+            }
+            Command::Delivered {
+                user,
+                conv,
+                seq,
+                reply,
+            } => {
+                let result = self.delivered(user, conv, seq);
+                self.finish(reply, result)
+            }
+            Command::SetLastSeen { user, at, reply } => {
+                let result = self
+                    .conn
+                    .prepare_cached("UPDATE users SET last_seen = ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![user.0 as i64, at]))
+                    .map(|_| ())
+                    .map_err(db_err);
+                self.finish(reply, result)
+            }
+        }
+    }
+
+    /// Queues the answer; it is sent after the commit, or replaced by `unavailable` if the
+    /// commit fails, so nothing is acknowledged that is not stored.
+    fn finish<T: Send + 'static>(&mut self, reply: Reply<T>, result: Result<T>) {
+        self.replies.push(Box::new(move |committed| {
+            let result = if committed {
+                result
+            } else {
+                Err(Error::unavailable())
+            };
+            let _ = reply.send(result);
+        }));
+    }
+
+    /// Runs a multi-statement command so that its failure leaves no partial write and
+    /// no event behind.
+    fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("SAVEPOINT cmd").map_err(db_err)?;
+        let (pos, events) = (self.pos, self.events.len());
+        let result = f(self);
+        let end = if result.is_ok() {
+            "RELEASE cmd"
+        } else {
+            self.pos = pos;
+            self.events.truncate(events);
+            "ROLLBACK TO cmd; RELEASE cmd"
+        };
+        self.conn.execute_batch(end).map_err(db_err)?;
+        result
+    }
+
+    fn next_pos(&mut self) -> u64 {
+        self.pos += 1;
+        self.pos
+    }
+}
+
+fn sorted<'a>(users: impl Iterator<Item = &'a UserId>) -> Arc<[UserId]> {
+    let mut v: Vec<UserId> = users.copied().collect();
+    v.sort_unstable();
+    v.into()
+}
