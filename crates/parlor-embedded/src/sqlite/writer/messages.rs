@@ -294,8 +294,8 @@ impl Writer {
             .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64, text, at]))
             .map_err(db_err)?;
         let pos = self.record_change(conv, seq, 0, actor, at)?;
-        let view =
-            crate::sqlite::reader::message_by_seq(&self.conn, conv, seq)?.ok_or_else(Error::internal)?;
+        let view = crate::sqlite::reader::message_by_seq(&self.conn, conv, seq)?
+            .ok_or_else(Error::internal)?;
         if self.search.is_some() {
             self.index_ops.push((
                 pos,
