@@ -39,6 +39,21 @@ impl BulkOutcome {
     pub fn rate(&self) -> f64 {
         report::ratio(self.acked as f64, self.elapsed_secs).unwrap_or(0.0)
     }
+
+    /// What went wrong while seeding, for a scenario's report: the count of failed
+    /// sends first, then the first errors.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.acked != self.sent {
+            problems.push(format!(
+                "seeding: {} of {} sends failed",
+                self.sent - self.acked,
+                self.sent
+            ));
+        }
+        problems.extend(self.errors.iter().map(|e| format!("seeding: {e}")));
+        problems
+    }
 }
 
 struct SenderOutcome {

@@ -5,14 +5,11 @@
 //! result is the server's capacity for page reads at that concurrency.
 
 use super::{Bench, Environment};
-use crate::bulk::{self, Sender};
-use crate::conn;
+use crate::bulk;
 use crate::report::{self, Progress};
 use crate::server::{CpuUse, Snapshot};
 use crate::stats::{Latency, SharedHist};
 use anyhow::{bail, Context};
-use parlor_proto::admin::ConversationSpec;
-use parlor_proto::Id;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -80,32 +77,7 @@ pub async fn run(bench: &Bench, args: &HistoryArgs) -> anyhow::Result<bool> {
     if m == 0 || c == 0 || w == 0 || args.concurrency == 0 || args.page == 0 {
         bail!("--messages, --conversations, --seed-connections, --concurrency and --page must be positive");
     }
-    // Seeder w owns conversations c with c % W == w, each shared with a partner who stays
-    // offline, so seeding costs one echo per message and no fan-out.
-    let users = bench.users("h", w + c).await?;
-    let specs = (0..c)
-        .map(|k| ConversationSpec::Direct {
-            members: [users[k % w].id, users[w + k].id],
-        })
-        .collect();
-    let convs = bench.conversations(specs).await?;
-    let mut lists: Vec<Vec<Id>> = vec![Vec::new(); w];
-    for j in 0..m {
-        let k = j % c;
-        lists[k % w].push(convs[k]);
-    }
-    let mut senders = Vec::with_capacity(w);
-    for (k, convs) in lists.into_iter().enumerate() {
-        let (ws, _) = conn::session(
-            &bench.target,
-            bench.target.source(k),
-            &users[k].access_token,
-            conn::busy_config(),
-        )
-        .await
-        .with_context(|| format!("seeder {k}"))?;
-        senders.push(Sender { ws, convs });
-    }
+    let (users, convs, senders) = bench.seeders("h", w, c, m).await?;
     let seed_before = bench.server.sample_or_warn();
     let seed_snapshot = Snapshot::take(&bench.server);
     let seeded = bulk::send_all(
@@ -123,21 +95,7 @@ pub async fn run(bench: &Bench, args: &HistoryArgs) -> anyhow::Result<bool> {
         seeded.elapsed_secs,
         report::per_sec(seeded.rate())
     );
-    let mut problems: Vec<String> = seeded
-        .errors
-        .iter()
-        .map(|e| format!("seeding: {e}"))
-        .collect();
-    if seeded.acked != seeded.sent {
-        problems.insert(
-            0,
-            format!(
-                "seeding: {} of {} sends failed",
-                seeded.sent - seeded.acked,
-                seeded.sent
-            ),
-        );
-    }
+    let mut problems = seeded.problems();
     bench.server.check_alive()?;
 
     // The queries, fixed up front from the seed: (conversation index, before).

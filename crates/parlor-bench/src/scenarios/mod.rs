@@ -133,6 +133,45 @@ impl Bench {
         Ok(users)
     }
 
+    /// `seeders` users, each with a connection, who will send `messages` messages round
+    /// robin over `conversations` direct conversations; each conversation belongs to one
+    /// seeder and a partner who stays offline, so seeding costs one echo per message and
+    /// no fan-out. Returns the users (seeders first), the conversations and the senders.
+    pub async fn seeders(
+        &self,
+        tag: &str,
+        seeders: usize,
+        conversations: usize,
+        messages: usize,
+    ) -> anyhow::Result<(Vec<ProvisionedUser>, Vec<Id>, Vec<crate::bulk::Sender>)> {
+        let (w, c) = (seeders, conversations);
+        let users = self.users(tag, w + c).await?;
+        let specs = (0..c)
+            .map(|k| ConversationSpec::Direct {
+                members: [users[k % w].id, users[w + k].id],
+            })
+            .collect();
+        let convs = self.conversations(specs).await?;
+        let mut lists: Vec<Vec<Id>> = vec![Vec::new(); w];
+        for j in 0..messages {
+            let k = j % c;
+            lists[k % w].push(convs[k]);
+        }
+        let mut senders = Vec::with_capacity(w);
+        for (k, convs) in lists.into_iter().enumerate() {
+            let (ws, _) = crate::conn::session(
+                &self.target,
+                self.target.source(k),
+                &users[k].access_token,
+                crate::conn::busy_config(),
+            )
+            .await
+            .with_context(|| format!("seeder {k}"))?;
+            senders.push(crate::bulk::Sender { ws, convs });
+        }
+        Ok((users, convs, senders))
+    }
+
     pub async fn conversations(&self, specs: Vec<ConversationSpec>) -> anyhow::Result<Vec<Id>> {
         let started = Instant::now();
         let count = specs.len();

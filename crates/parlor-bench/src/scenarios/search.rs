@@ -5,14 +5,11 @@
 //! are rare, so the queries mix cheap rare terms and expensive common ones.
 
 use super::{Bench, Environment};
-use crate::bulk::{self, Sender, TextFn};
-use crate::conn;
+use crate::bulk::{self, TextFn};
 use crate::report::{self, Progress};
 use crate::server::{CpuUse, Snapshot};
 use crate::stats::{Latency, SharedHist};
 use anyhow::{bail, Context};
-use parlor_proto::admin::ConversationSpec;
-use parlor_proto::Id;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -120,31 +117,11 @@ pub async fn run(bench: &Bench, args: &SearchArgs) -> anyhow::Result<bool> {
     {
         bail!("every count must be positive");
     }
-    let users = bench.users("s", w + c).await?;
-    let specs = (0..c)
-        .map(|k| ConversationSpec::Direct {
-            members: [users[k % w].id, users[w + k].id],
-        })
+    let (users, _, senders) = bench.seeders("s", w, c, m).await?;
+    let last: Vec<usize> = senders
+        .iter()
+        .map(|s| s.convs.len().saturating_sub(1))
         .collect();
-    let convs = bench.conversations(specs).await?;
-    let mut lists: Vec<Vec<Id>> = vec![Vec::new(); w];
-    for j in 0..m {
-        let k = j % c;
-        lists[k % w].push(convs[k]);
-    }
-    let last: Vec<usize> = lists.iter().map(|l| l.len().saturating_sub(1)).collect();
-    let mut senders = Vec::with_capacity(w);
-    for (k, convs) in lists.into_iter().enumerate() {
-        let (ws, _) = conn::session(
-            &bench.target,
-            bench.target.source(k),
-            &users[k].access_token,
-            conn::busy_config(),
-        )
-        .await
-        .with_context(|| format!("seeder {k}"))?;
-        senders.push(Sender { ws, convs });
-    }
     let cdf = Arc::new(zipf_cdf(args.vocabulary));
     let (seed, words) = (bench.common.seed, args.words);
     let text: TextFn = {
@@ -159,21 +136,7 @@ pub async fn run(bench: &Bench, args: &SearchArgs) -> anyhow::Result<bool> {
         })
     };
     let seeded = bulk::send_all(senders, text, args.window, "search: seeding").await?;
-    let mut problems: Vec<String> = seeded
-        .errors
-        .iter()
-        .map(|e| format!("seeding: {e}"))
-        .collect();
-    if seeded.acked != seeded.sent {
-        problems.insert(
-            0,
-            format!(
-                "seeding: {} of {} sends failed",
-                seeded.sent - seeded.acked,
-                seeded.sent
-            ),
-        );
-    }
+    let mut problems = seeded.problems();
     bench.server.check_alive()?;
 
     // The index trails commits; measure how long it takes to hold everything.

@@ -129,21 +129,7 @@ pub async fn run(bench: &Bench, args: &SyncArgs) -> anyhow::Result<bool> {
         seeded.elapsed_secs,
         report::per_sec(seeded.rate())
     );
-    let mut problems: Vec<String> = seeded
-        .errors
-        .iter()
-        .map(|e| format!("seeding: {e}"))
-        .collect();
-    if seeded.acked != seeded.sent {
-        problems.insert(
-            0,
-            format!(
-                "seeding: {} of {} sends failed",
-                seeded.sent - seeded.acked,
-                seeded.sent
-            ),
-        );
-    }
+    let mut problems = seeded.problems();
     // Let the server finish the echo deliveries of the seeding before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
     bench.server.check_alive()?;
