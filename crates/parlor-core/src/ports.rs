@@ -161,10 +161,28 @@ pub trait Bus: Send + Sync + 'static {
     fn subscribe(&self) -> BoxStream<'static, Arc<[Event]>>;
 }
 
+/// Committed events by position, for a bus that must fill a gap in what it received
+/// (an event committed by a node that died before publishing it).
+///
+/// Guarantee: `events_after(p, n)` returns the committed events with positions `p + 1`,
+/// `p + 2`, … in order, with their recipients as the commit saw them, up to `n` of them
+/// and never beyond [`Store::head`]; positions are dense, so a short answer means the
+/// head was reached.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    async fn events_after(&self, after: u64, limit: u32) -> Result<Vec<Event>>;
+    async fn head(&self) -> Result<u64>;
+}
+
 /// Token-bucket rate limits keyed by strings such as `login:ip:127.0.0.1`.
+///
+/// The embedded limiter counts per process; the Redis one counts across the cluster. A
+/// limiter whose engine is unreachable lets requests through (and logs it): rate limits
+/// protect the service, they must not take it down.
+#[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
     /// Takes one token for `key`, or says how long to wait for one.
-    fn check(&self, key: &str, rule: RateRule) -> Result<(), Duration>;
+    async fn check(&self, key: &str, rule: RateRule) -> Result<(), Duration>;
 }
 
 /// `burst` tokens, refilled at `per_second`.

@@ -35,8 +35,16 @@ impl MemoryRateLimiter {
     }
 }
 
+#[async_trait::async_trait]
 impl RateLimiter for MemoryRateLimiter {
-    fn check(&self, key: &str, rule: RateRule) -> Result<(), Duration> {
+    async fn check(&self, key: &str, rule: RateRule) -> Result<(), Duration> {
+        self.take(key, rule)
+    }
+}
+
+impl MemoryRateLimiter {
+    /// Takes one token for `key` without waiting on anything.
+    pub fn take(&self, key: &str, rule: RateRule) -> Result<(), Duration> {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let now = Instant::now();
         let mut map = shard.lock();
@@ -72,11 +80,11 @@ mod tests {
             burst: 3,
             per_second: 1.0,
         };
-        assert!(rl.check("k", rule).is_ok());
-        assert!(rl.check("k", rule).is_ok());
-        assert!(rl.check("k", rule).is_ok());
-        let wait = rl.check("k", rule).err().unwrap_or_default();
+        assert!(rl.take("k", rule).is_ok());
+        assert!(rl.take("k", rule).is_ok());
+        assert!(rl.take("k", rule).is_ok());
+        let wait = rl.take("k", rule).err().unwrap_or_default();
         assert!(wait > Duration::from_millis(500));
-        assert!(rl.check("other", rule).is_ok());
+        assert!(rl.take("other", rule).is_ok());
     }
 }

@@ -40,9 +40,10 @@ impl std::ops::Deref for AppState {
 
 impl Inner {
     /// Takes one token from the bucket `key`, or fails with `rate_limited`.
-    pub fn rate(&self, key: &str, rule: RateRule) -> Result<()> {
+    pub async fn rate(&self, key: &str, rule: RateRule) -> Result<()> {
         self.limiter
             .check(key, rule)
+            .await
             .map_err(|wait| Error::rate_limited(wait.as_millis() as u64))
     }
 

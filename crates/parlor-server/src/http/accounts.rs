@@ -15,10 +15,12 @@ pub async fn register(
     ConnectInfo(crate::tls::ClientAddr(peer)): ConnectInfo<crate::tls::ClientAddr>,
     Body(req): Body<RegisterRequest>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
-    state.rate(
-        &format!("register:ip:{}", peer.ip()),
-        state.config.rate.register_per_ip.into(),
-    )?;
+    state
+        .rate(
+            &format!("register:ip:{}", peer.ip()),
+            state.config.rate.register_per_ip.into(),
+        )
+        .await?;
     let username = rules::username(&req.username)?;
     rules::password(&req.password)?;
     if state.chat.store().user_by_name(&username).await?.is_some() {
@@ -54,15 +56,19 @@ pub async fn login(
     ConnectInfo(crate::tls::ClientAddr(peer)): ConnectInfo<crate::tls::ClientAddr>,
     Body(req): Body<LoginRequest>,
 ) -> ApiResult<Json<TokenPair>> {
-    state.rate(
-        &format!("login:ip:{}", peer.ip()),
-        state.config.rate.login_per_ip.into(),
-    )?;
+    state
+        .rate(
+            &format!("login:ip:{}", peer.ip()),
+            state.config.rate.login_per_ip.into(),
+        )
+        .await?;
     let username = req.username.trim().to_ascii_lowercase();
-    state.rate(
-        &format!("login:user:{username}"),
-        state.config.rate.login_per_user.into(),
-    )?;
+    state
+        .rate(
+            &format!("login:user:{username}"),
+            state.config.rate.login_per_user.into(),
+        )
+        .await?;
     let credentials = match rules::username(&username) {
         Ok(name) => state.chat.store().credentials(&name).await?,
         Err(_) => None,
@@ -99,10 +105,12 @@ pub async fn refresh(
     ConnectInfo(crate::tls::ClientAddr(peer)): ConnectInfo<crate::tls::ClientAddr>,
     Body(req): Body<RefreshRequest>,
 ) -> ApiResult<Json<TokenPair>> {
-    state.rate(
-        &format!("login:ip:{}", peer.ip()),
-        state.config.rate.login_per_ip.into(),
-    )?;
+    state
+        .rate(
+            &format!("login:ip:{}", peer.ip()),
+            state.config.rate.login_per_ip.into(),
+        )
+        .await?;
     let presented = hash_refresh(&req.refresh_token);
     let (refresh_token, next) = state.auth.new_refresh();
     let outcome = state

@@ -22,10 +22,12 @@ pub async fn open_direct(
     Caller(me): Caller,
     Body(req): Body<DirectRequest>,
 ) -> ApiResult<(StatusCode, Json<ConversationInfo>)> {
-    state.rate(
-        &format!("rest:user:{}", me.user),
-        state.config.rate.rest_per_user.into(),
-    )?;
+    state
+        .rate(
+            &format!("rest:user:{}", me.user),
+            state.config.rate.rest_per_user.into(),
+        )
+        .await?;
     let (info, created) = state.chat.open_direct(me.user, req.user_id).await?;
     let status = if created {
         StatusCode::CREATED
@@ -40,10 +42,12 @@ pub async fn create_group(
     Caller(me): Caller,
     Body(req): Body<CreateGroupRequest>,
 ) -> ApiResult<(StatusCode, Json<ConversationInfo>)> {
-    state.rate(
-        &format!("rest:user:{}", me.user),
-        state.config.rate.rest_per_user.into(),
-    )?;
+    state
+        .rate(
+            &format!("rest:user:{}", me.user),
+            state.config.rate.rest_per_user.into(),
+        )
+        .await?;
     let info = state
         .chat
         .create_group(me.user, &req.name, &req.members)
@@ -125,10 +129,12 @@ pub async fn send(
     PathParams(id): PathParams<Id>,
     Body(req): Body<SendRequest>,
 ) -> ApiResult<(StatusCode, Json<Ack>)> {
-    state.rate(
-        &format!("rest:user:{}", me.user),
-        state.config.rate.rest_per_user.into(),
-    )?;
+    state
+        .rate(
+            &format!("rest:user:{}", me.user),
+            state.config.rate.rest_per_user.into(),
+        )
+        .await?;
     let cid = req.cid.clone();
     let draft = Draft {
         cid: req.cid,
@@ -173,10 +179,12 @@ pub async fn edit(
     PathParams((id, seq)): PathParams<(Id, u64)>,
     Body(req): Body<EditRequest>,
 ) -> ApiResult<Json<MessageView>> {
-    state.rate(
-        &format!("rest:user:{}", me.user),
-        state.config.rate.rest_per_user.into(),
-    )?;
+    state
+        .rate(
+            &format!("rest:user:{}", me.user),
+            state.config.rate.rest_per_user.into(),
+        )
+        .await?;
     Ok(Json(state.chat.edit(me.user, id, seq, req.text).await?))
 }
 
@@ -185,10 +193,12 @@ pub async fn delete_message(
     Caller(me): Caller,
     PathParams((id, seq)): PathParams<(Id, u64)>,
 ) -> ApiResult<StatusCode> {
-    state.rate(
-        &format!("rest:user:{}", me.user),
-        state.config.rate.rest_per_user.into(),
-    )?;
+    state
+        .rate(
+            &format!("rest:user:{}", me.user),
+            state.config.rate.rest_per_user.into(),
+        )
+        .await?;
     state.chat.delete(me.user, id, seq).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -227,10 +237,12 @@ pub async fn search(
     Caller(me): Caller,
     QueryParams(p): QueryParams<SearchParams>,
 ) -> ApiResult<Json<SearchResults>> {
-    state.rate(
-        &format!("search:user:{}", me.user),
-        state.config.rate.search_per_user.into(),
-    )?;
+    state
+        .rate(
+            &format!("search:user:{}", me.user),
+            state.config.rate.search_per_user.into(),
+        )
+        .await?;
     let request = SearchRequest {
         q: &p.q,
         conv: p.conv,

@@ -161,10 +161,13 @@ async fn handshake(
             return None;
         }
     };
-    if let Err(e) = state.rate(
-        &format!("connect:user:{}", principal.user),
-        state.config.rate.connect_per_user.into(),
-    ) {
+    if let Err(e) = state
+        .rate(
+            &format!("connect:user:{}", principal.user),
+            state.config.rate.connect_per_user.into(),
+        )
+        .await
+    {
         state.metrics.error(e.code);
         {
             close(
@@ -474,6 +477,7 @@ impl Connection {
                 if let Err(error) = self
                     .state
                     .rate(&key, self.state.config.rate.typing_per_conversation.into())
+                    .await
                 {
                     return self.write_error(&error, None).await;
                 }

@@ -46,10 +46,13 @@ pub async fn upgrade(
         ))
         .into_response();
     }
-    if let Err(e) = state.rate(
-        &format!("connect:ip:{}", peer.ip()),
-        state.config.rate.connect_per_ip.into(),
-    ) {
+    if let Err(e) = state
+        .rate(
+            &format!("connect:ip:{}", peer.ip()),
+            state.config.rate.connect_per_ip.into(),
+        )
+        .await
+    {
         return ApiError(e).into_response();
     }
     let principal = match bearer(&parts) {
