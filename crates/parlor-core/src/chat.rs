@@ -180,9 +180,11 @@ impl Chat {
     /// last-seen time.
     pub async fn expire_presence(&self, now_ms: i64) -> Result<()> {
         for view in self.presence.expire(now_ms).await? {
-            self.store
-                .set_last_seen(view.user, view.last_seen.unwrap_or(now_ms))
-                .await?;
+            if !view.online {
+                self.store
+                    .set_last_seen(view.user, view.last_seen.unwrap_or(now_ms))
+                    .await?;
+            }
             self.announce(view).await?;
         }
         Ok(())

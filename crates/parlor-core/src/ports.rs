@@ -132,7 +132,9 @@ pub trait Presence: Send + Sync + 'static {
     /// A device connected; the new presence if the user just came online.
     async fn connect(&self, user: UserId) -> Result<Option<PresenceView>>;
     async fn disconnect(&self, user: UserId, now_ms: i64) -> Result<()>;
-    /// Users whose grace period ended by `now_ms`.
+    /// Changes that no call caused: users whose grace period ended by `now_ms`
+    /// (offline), and, for a shared presence engine, users it lost and got back while
+    /// connected (online again, e.g. after the engine restarted empty).
     async fn expire(&self, now_ms: i64) -> Result<Vec<PresenceView>>;
     async fn set_status(
         &self,

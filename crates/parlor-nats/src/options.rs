@@ -77,7 +77,11 @@ pub(crate) fn replicas(options: &NatsOptions, client: &async_nats::Client) -> us
         return options.replicas;
     }
     let info = client.server_info();
-    let configured = options.url.split(',').filter(|u| !u.trim().is_empty()).count();
+    let configured = options
+        .url
+        .split(',')
+        .filter(|u| !u.trim().is_empty())
+        .count();
     let seen = info.connect_urls.len().max(configured);
     if seen >= 3 {
         3

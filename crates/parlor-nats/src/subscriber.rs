@@ -179,7 +179,11 @@ async fn fill(
         stats
             .gap_filled
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        tracing::debug!(after, count = events.len(), "filled a gap from the event log");
+        tracing::debug!(
+            after,
+            count = events.len(),
+            "filled a gap from the event log"
+        );
         for event in events {
             reorder.push(event);
         }
