@@ -353,6 +353,12 @@ impl Config {
                 c.tls.cert_file.is_none() || c.tls.ca_file.is_some(),
                 "cluster.tls.cert_file needs cluster.tls.ca_file"
             );
+            // Each node would otherwise make its own key, and a token issued by one node
+            // would be refused by the next.
+            anyhow::ensure!(
+                self.auth.jwt_secret.is_some(),
+                "cluster mode needs auth.jwt_secret, the same on every node"
+            );
             anyhow::ensure!(
                 (1..=1000).contains(&c.postgres_partitions),
                 "cluster.postgres_partitions must be 1-1000"
