@@ -201,6 +201,11 @@ impl Chat {
         Ok(view)
     }
 
+    /// The nodes holding connections of `user` (the connection registry).
+    pub async fn presence_nodes(&self, user: UserId) -> Result<Vec<String>> {
+        self.presence.nodes(user).await
+    }
+
     pub async fn presence(&self, users: &[UserId]) -> Result<Vec<PresenceView>> {
         if users.is_empty() || users.len() > MAX_PRESENCE_QUERY {
             return Err(Error::new(

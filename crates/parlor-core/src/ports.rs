@@ -145,6 +145,9 @@ pub trait Presence: Send + Sync + 'static {
     /// Presence as far as this port knows; `last_seen` may be missing for users it has
     /// not seen since it started.
     async fn get(&self, user: UserId) -> Result<PresenceView>;
+    /// The nodes holding connections of `user` right now (the connection registry). A
+    /// single-node presence answers with its own node name or nothing.
+    async fn nodes(&self, user: UserId) -> Result<Vec<String>>;
 }
 
 /// A user's missed events, see [`Store::backlog`].

@@ -118,18 +118,6 @@ impl RedisPresence {
         presence
     }
 
-    /// Nodes currently holding connections of `user` (the registry).
-    pub async fn nodes_of(&self, user: UserId) -> Result<Vec<String>> {
-        let mut conn = self.conn.clone();
-        redis::cmd("ZRANGEBYSCORE")
-            .arg(format!("{}{}", self.keys.route_prefix, user.0))
-            .arg(now_ms())
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)
-    }
-
     /// Vouches for `users`; returns those that were not online.
     async fn vouch(&self, users: &[UserId]) -> redis::RedisResult<Vec<UserId>> {
         let mut conn = self.conn.clone();
@@ -316,6 +304,17 @@ impl Presence for RedisPresence {
             text,
             last_seen: None,
         })
+    }
+
+    async fn nodes(&self, user: UserId) -> Result<Vec<String>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZRANGEBYSCORE")
+            .arg(format!("{}{}", self.keys.route_prefix, user.0))
+            .arg(now_ms())
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
     async fn get(&self, user: UserId) -> Result<PresenceView> {
