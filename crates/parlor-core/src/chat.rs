@@ -180,9 +180,11 @@ impl Chat {
     /// last-seen time.
     pub async fn expire_presence(&self, now_ms: i64) -> Result<()> {
         for view in self.presence.expire(now_ms).await? {
-            self.store
-                .set_last_seen(view.user, view.last_seen.unwrap_or(now_ms))
-                .await?;
+            if !view.online {
+                self.store
+                    .set_last_seen(view.user, view.last_seen.unwrap_or(now_ms))
+                    .await?;
+            }
             self.announce(view).await?;
         }
         Ok(())
@@ -197,6 +199,11 @@ impl Chat {
         let view = self.presence.set_status(user, status, text).await?;
         self.announce(view.clone()).await?;
         Ok(view)
+    }
+
+    /// The nodes holding connections of `user` (the connection registry).
+    pub async fn presence_nodes(&self, user: UserId) -> Result<Vec<String>> {
+        self.presence.nodes(user).await
     }
 
     pub async fn presence(&self, users: &[UserId]) -> Result<Vec<PresenceView>> {

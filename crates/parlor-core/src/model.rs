@@ -21,6 +21,58 @@ pub struct Event {
     pub frame: ServerFrame,
 }
 
+impl Event {
+    /// The conversation the event belongs to; `None` for presence, which is per user.
+    pub fn conv(&self) -> Option<ConvId> {
+        match &self.frame {
+            ServerFrame::Message(m) => Some(m.message.conv),
+            ServerFrame::Member(m) => Some(m.conv),
+            ServerFrame::Read(r) => Some(r.conv),
+            ServerFrame::Edited(e) => Some(e.conv),
+            ServerFrame::Deleted(d) => Some(d.conv),
+            ServerFrame::Delivered(d) => Some(d.conv),
+            ServerFrame::Typing(t) => Some(t.conv),
+            ServerFrame::Ack(a) => Some(a.conv),
+            ServerFrame::Presence(_) | ServerFrame::Synced { .. } | ServerFrame::Error(_) => None,
+        }
+    }
+
+    /// The event with its recipients as JSON: how events cross between nodes (the bus)
+    /// and wait in a store's event log.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = WireEventRef {
+            pos: self.pos,
+            recipients: &self.recipients,
+            frame: &self.frame,
+        };
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Event, serde_json::Error> {
+        let wire: WireEvent = serde_json::from_slice(bytes)?;
+        Ok(Event {
+            pos: wire.pos,
+            recipients: wire.recipients.into(),
+            frame: wire.frame,
+        })
+    }
+}
+
+#[derive(serde::Serialize)]
+struct WireEventRef<'a> {
+    pos: u64,
+    recipients: &'a [UserId],
+    frame: &'a ServerFrame,
+}
+
+#[derive(serde::Deserialize)]
+struct WireEvent {
+    pos: u64,
+    recipients: Vec<UserId>,
+    frame: ServerFrame,
+}
+
 /// A message to append, already validated by [`crate::rules`].
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -139,5 +191,31 @@ impl Default for Limits {
             history_max_page: 200,
             sync_page: 1000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parlor_proto::ws::ReadEvent;
+
+    #[test]
+    fn events_survive_the_wire() {
+        let event = Event {
+            pos: 42,
+            recipients: vec![Id(7), Id(9)].into(),
+            frame: ServerFrame::Read(ReadEvent {
+                pos: Id(42),
+                conv: Id(3),
+                user: Id(7),
+                seq: 5,
+            }),
+        };
+        let back = Event::decode(&event.encode()).expect("decodes");
+        assert_eq!(back.pos, 42);
+        assert_eq!(&*back.recipients, &[Id(7), Id(9)]);
+        assert_eq!(back.frame, event.frame);
+        assert_eq!(back.conv(), Some(Id(3)));
+        assert!(Event::decode(b"{not json").is_err());
     }
 }

@@ -132,7 +132,9 @@ pub trait Presence: Send + Sync + 'static {
     /// A device connected; the new presence if the user just came online.
     async fn connect(&self, user: UserId) -> Result<Option<PresenceView>>;
     async fn disconnect(&self, user: UserId, now_ms: i64) -> Result<()>;
-    /// Users whose grace period ended by `now_ms`.
+    /// Changes that no call caused: users whose grace period ended by `now_ms`
+    /// (offline), and, for a shared presence engine, users it lost and got back while
+    /// connected (online again, e.g. after the engine restarted empty).
     async fn expire(&self, now_ms: i64) -> Result<Vec<PresenceView>>;
     async fn set_status(
         &self,
@@ -143,6 +145,9 @@ pub trait Presence: Send + Sync + 'static {
     /// Presence as far as this port knows; `last_seen` may be missing for users it has
     /// not seen since it started.
     async fn get(&self, user: UserId) -> Result<PresenceView>;
+    /// The nodes holding connections of `user` right now (the connection registry). A
+    /// single-node presence answers with its own node name or nothing.
+    async fn nodes(&self, user: UserId) -> Result<Vec<String>>;
 }
 
 /// A user's missed events, see [`Store::backlog`].

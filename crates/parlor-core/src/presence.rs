@@ -113,6 +113,11 @@ impl Tracker {
         }
     }
 
+    /// Devices of `user` connected now.
+    pub fn devices(&self, user: Id) -> u32 {
+        self.users.get(&user).map_or(0, |e| e.devices)
+    }
+
     pub fn is_online(&self, user: Id) -> bool {
         self.users.get(&user).is_some_and(|e| e.online)
     }

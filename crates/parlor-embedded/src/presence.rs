@@ -51,4 +51,12 @@ impl Presence for MemoryPresence {
     async fn get(&self, user: UserId) -> Result<PresenceView> {
         Ok(self.tracker.lock().get(user, None))
     }
+
+    async fn nodes(&self, user: UserId) -> Result<Vec<String>> {
+        Ok(if self.tracker.lock().devices(user) > 0 {
+            vec!["local".to_string()]
+        } else {
+            Vec::new()
+        })
+    }
 }

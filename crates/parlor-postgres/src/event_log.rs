@@ -14,8 +14,6 @@ use crate::Core;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::Event;
 use parlor_proto::ws::ServerFrame;
-use parlor_proto::Id;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,36 +22,22 @@ pub const RETENTION: Duration = Duration::from_secs(3600);
 /// How often each node prunes.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Serialize, Deserialize)]
-struct Logged {
-    #[serde(rename = "r")]
-    recipients: Vec<Id>,
-    #[serde(rename = "f")]
-    frame: ServerFrame,
-}
-
-/// The stored form of an event (JSON text, cast to `jsonb` by the insert).
+/// The stored form of an event: the core's wire form (`Event::encode`, JSON, the same
+/// bytes that cross between nodes), kept as `jsonb` so that it can be inspected.
 pub fn encode(event: &Event) -> Result<String> {
-    serde_json::to_string(&Logged {
-        recipients: event.recipients.to_vec(),
-        frame: event.frame.clone(),
-    })
-    .map_err(|e| {
+    String::from_utf8(event.encode()).map_err(|e| {
         tracing::error!(error = %e, "cannot encode an event for the log");
         Error::internal()
     })
 }
 
 pub fn decode(pos: u64, body: &str) -> Result<Event> {
-    let logged: Logged = serde_json::from_str(body).map_err(|e| {
+    let mut event = Event::decode(body.as_bytes()).map_err(|e| {
         tracing::error!(error = %e, pos, "cannot decode a logged event");
         Error::internal()
     })?;
-    Ok(Event {
-        pos,
-        recipients: Arc::from(logged.recipients),
-        frame: logged.frame,
-    })
+    event.pos = pos;
+    Ok(event)
 }
 
 /// Inserts the rows of [`columns`].
@@ -68,7 +52,7 @@ pub fn columns(events: &[Event]) -> Result<(Vec<i64>, Vec<i64>, Vec<String>)> {
     let mut bodies = Vec::with_capacity(events.len());
     for event in events {
         positions.push(clamp(event.pos));
-        convs.push(conv_of(&event.frame).map_or(0, |c| c.0 as i64));
+        convs.push(event.conv().map_or(0, |c| c.0 as i64));
         bodies.push(encode(event)?);
     }
     Ok((positions, convs, bodies))
@@ -85,17 +69,6 @@ pub async fn append(tx: &deadpool_postgres::Transaction<'_>, events: &[Event]) -
         .await
         .db()?;
     Ok(())
-}
-
-fn conv_of(frame: &ServerFrame) -> Option<Id> {
-    match frame {
-        ServerFrame::Message(e) => Some(e.message.conv),
-        ServerFrame::Member(e) => Some(e.conv),
-        ServerFrame::Read(e) => Some(e.conv),
-        ServerFrame::Edited(e) => Some(e.conv),
-        ServerFrame::Deleted(e) => Some(e.conv),
-        _ => None,
-    }
 }
 
 /// Removes the text of a deleted message from its logged `message` and `edited` events.

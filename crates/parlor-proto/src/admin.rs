@@ -55,3 +55,11 @@ pub struct CreateConversationsRequest {
 pub struct CreatedConversations {
     pub ids: Vec<Id>,
 }
+
+/// `GET /v1/admin/users/{id}/nodes`: the nodes holding the user's connections, from the
+/// connection registry (cluster mode), or `["local"]` / `[]` on a single node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNodes {
+    pub user: Id,
+    pub nodes: Vec<String>,
+}

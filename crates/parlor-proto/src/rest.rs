@@ -201,6 +201,14 @@ pub struct Health {
     pub status: String,
 }
 
+/// `GET /readyz`: `ready`, `unavailable` or `shutting down`, and each engine's state
+/// (`ok` or what failed): `store` always; `nats` and `redis` in cluster mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub status: String,
+    pub engines: std::collections::BTreeMap<String, String>,
+}
+
 /// What a user says about being reachable; independent of being connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

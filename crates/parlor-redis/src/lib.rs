@@ -1,1 +1,20 @@
-//! stub
+//! Redis adapters: presence shared by every node (with expiring entries, so a crashed
+//! node's users go offline by themselves), the registry of which node holds which user's
+//! connections, and cluster-wide rate limits.
+//!
+//! # Layout
+//! - [`connection`]: engine address and mutual TLS; one auto-reconnecting connection.
+//! - [`presence`]: the `Presence` port and the connection registry.
+//! - [`rate_limit`]: the `RateLimiter` port as token buckets in Redis.
+//!
+//! Redis keeps nothing that matters for correctness: every key here is rebuilt by the
+//! nodes within a heartbeat after Redis restarts empty (presence, registry) or simply
+//! starts over (rate limits). Messages never pass through Redis.
+
+pub mod connection;
+pub mod presence;
+pub mod rate_limit;
+
+pub use connection::{RedisOptions, TlsFiles};
+pub use presence::RedisPresence;
+pub use rate_limit::RedisRateLimiter;

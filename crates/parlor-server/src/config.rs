@@ -36,6 +36,67 @@ pub struct Config {
     /// Enables the admin API (`/v1/admin/*`) for this bearer credential (32+ characters).
     /// Unset: the admin API answers 404.
     pub admin_token: Option<String>,
+    /// Cluster mode: PostgreSQL, NATS JetStream and Redis instead of the embedded store
+    /// and in-process bus.
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Off: the embedded default (nothing external). On (or `serve --cluster`): the
+    /// engines below, all required.
+    pub enabled: bool,
+    /// This node's name in leases, logs and the connection registry; empty means
+    /// `<hostname>-<listen port>`.
+    pub node_name: String,
+    /// Prefix of NATS stream and subject names and Redis keys, so that several Parlor
+    /// clusters can share engines.
+    pub namespace: String,
+    /// The primary, e.g. `postgres://parlor@db1:5432/parlor?sslmode=require`.
+    pub postgres_url: String,
+    /// Read replicas for history and search (they may lag the primary by a little).
+    pub postgres_replica_urls: Vec<String>,
+    pub postgres_pool_size: usize,
+    /// Hash partitions of the messages table, used when the schema is first created.
+    pub postgres_partitions: u32,
+    /// Comma-separated NATS servers, e.g. `tls://nats1:4222,tls://nats2:4222`.
+    pub nats_url: String,
+    /// Replicas of the JetStream stream; 0 picks 3 when the NATS cluster has at least
+    /// three servers, else 1.
+    pub stream_replicas: usize,
+    /// `redis://` or `rediss://` (TLS).
+    pub redis_url: String,
+    /// Mutual TLS to all three engines.
+    pub tls: ClusterTls,
+}
+
+/// PEM files. `ca_file` set means TLS to the engines, verified against this CA; with
+/// `cert_file` and `key_file` the node also presents a client certificate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node_name: String::new(),
+            namespace: "parlor".into(),
+            postgres_url: String::new(),
+            postgres_replica_urls: Vec::new(),
+            postgres_pool_size: 16,
+            postgres_partitions: 16,
+            nats_url: String::new(),
+            stream_replicas: 0,
+            redis_url: String::new(),
+            tls: ClusterTls::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +216,7 @@ impl Default for Config {
             rate: RateConfig::default(),
             log_format: "text".into(),
             admin_token: None,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -270,6 +332,38 @@ impl Config {
             self.limits.max_text_bytes > 0,
             "limits.max_text_bytes must be positive"
         );
+        if self.cluster.enabled {
+            let c = &self.cluster;
+            anyhow::ensure!(
+                !c.postgres_url.is_empty() && !c.nats_url.is_empty() && !c.redis_url.is_empty(),
+                "cluster mode needs cluster.postgres_url, cluster.nats_url and cluster.redis_url"
+            );
+            anyhow::ensure!(
+                !c.namespace.is_empty()
+                    && c.namespace
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "cluster.namespace must be letters, digits and '_'"
+            );
+            anyhow::ensure!(
+                c.tls.cert_file.is_some() == c.tls.key_file.is_some(),
+                "cluster.tls.cert_file and cluster.tls.key_file go together"
+            );
+            anyhow::ensure!(
+                c.tls.cert_file.is_none() || c.tls.ca_file.is_some(),
+                "cluster.tls.cert_file needs cluster.tls.ca_file"
+            );
+            // Each node would otherwise make its own key, and a token issued by one node
+            // would be refused by the next.
+            anyhow::ensure!(
+                self.auth.jwt_secret.is_some(),
+                "cluster mode needs auth.jwt_secret, the same on every node"
+            );
+            anyhow::ensure!(
+                (1..=1000).contains(&c.postgres_partitions),
+                "cluster.postgres_partitions must be 1-1000"
+            );
+        }
         anyhow::ensure!(self.ws.outbox >= 8, "ws.outbox must be at least 8");
         anyhow::ensure!(
             self.ws.ping_interval_secs > 0,
@@ -337,6 +431,14 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
 }
 
 fn scalar(raw: &str) -> toml::Value {
+    // Lists (e.g. replica URLs) are written as TOML arrays: `["a", "b"]`.
+    if raw.starts_with('[') {
+        if let Ok(mut t) = format!("v = {raw}").parse::<toml::Table>() {
+            if let Some(v) = t.remove("v") {
+                return v;
+            }
+        }
+    }
     if let Ok(v) = raw.parse::<i64>() {
         return toml::Value::Integer(v);
     }

@@ -2,6 +2,7 @@
 //! metrics around the domain core.
 //!
 //! # Layout
+//! - [`backends`]: the adapters behind the ports (embedded or cluster).
 //! - [`config`]: configuration (defaults, TOML file, `PARLOR_*` variables).
 //! - [`auth`]: password hashing, access and refresh tokens.
 //! - [`http`]: REST endpoints and the error body every one of them returns.
@@ -15,6 +16,7 @@
 //! socket, and this crate reaches storage only through the core's ports.
 
 pub mod auth;
+pub mod backends;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -27,11 +29,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Inner};
-use parlor_core::ports::{Bus, Presence, RateLimiter, Store};
 use parlor_core::Chat;
-use parlor_embedded::{
-    Durability, InProcessBus, MemoryPresence, MemoryRateLimiter, SqliteStore, StoreOptions,
-};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -59,43 +57,36 @@ pub async fn run(
     // Both ring and aws-lc-rs may be linked through dependencies; pick one explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
-    let durability = match config.durability.as_str() {
-        "fsync" => Durability::Fsync,
-        _ => Durability::Process,
-    };
-    let store = Arc::new(SqliteStore::open(
-        StoreOptions {
-            machine_id: config.machine_id,
-            durability,
-            search_candidates: config.limits.search_candidates,
-            write_queue: config.limits.write_queue.max(1),
-            ..StoreOptions::new(&config.data_dir)
-        },
-        Arc::clone(&bus),
-    )?);
+    let backends::Backends {
+        store,
+        bus,
+        presence,
+        limiter,
+        probes,
+        cluster_stats,
+    } = backends::build(&config).await?;
     let secret = auth::load_or_create_secret(&config.auth, &config.data_dir)?;
     let auth = auth::Auth::new(&config.auth, &secret)?;
     let metrics = Arc::new(Metrics::new()?);
+    if let Some(stats) = cluster_stats {
+        metrics.watch_cluster(stats);
+    }
     let hub = Arc::new(Hub::new(config.ws.outbox));
     let dispatcher = tokio::spawn(hub::dispatch(
         Arc::clone(&bus),
         Arc::clone(&hub),
         Arc::clone(&metrics),
     ));
-    let limiter: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let store_port: Arc<dyn Store> = store.clone();
-    let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(
-        (config.presence.grace_secs * 1000) as i64,
-    ));
+    let store_port = Arc::clone(&store);
     let state = AppState {
         inner: Arc::new(Inner {
             chat: Chat::new(store_port, presence, Arc::clone(&bus), config.limits()),
             auth,
             hub,
             limiter,
+            probes,
             metrics,
             shutdown: stop_rx.clone(),
             live_connections: AtomicUsize::new(0),

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// From receiving a send to acknowledging it (validation, queueing, group commit).
     pub ack_latency: Histogram,
     pub errors: IntCounterVec,
+    /// Cluster adapters' counters, copied into gauges at each scrape.
+    cluster: std::sync::OnceLock<(crate::backends::ClusterStats, [IntGauge; 4])>,
 }
 
 impl Metrics {
@@ -88,6 +90,7 @@ impl Metrics {
             delivery_latency,
             ack_latency,
             errors,
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -95,7 +98,44 @@ impl Metrics {
         self.errors.with_label_values(&[code.as_str()]).inc();
     }
 
+    /// Exports the cluster adapters' counters (bus and rate limiter) at each scrape.
+    pub fn watch_cluster(&self, stats: crate::backends::ClusterStats) {
+        let gauge = |name: &str, help: &str| -> Option<IntGauge> {
+            let g = IntGauge::new(name, help).ok()?;
+            self.registry.register(Box::new(g.clone())).ok()?;
+            Some(g)
+        };
+        let gauges = (
+            gauge(
+                "bus_published_total",
+                "JetStream messages published and acknowledged",
+            ),
+            gauge(
+                "bus_publish_failures_total",
+                "JetStream publishes that failed (events then come from the event log)",
+            ),
+            gauge(
+                "bus_gap_filled_events_total",
+                "Events this node read from the event log because the broker did not bring them",
+            ),
+            gauge(
+                "rate_limiter_failed_open_total",
+                "Rate-limit checks let through because Redis did not answer",
+            ),
+        );
+        if let (Some(a), Some(b), Some(c), Some(d)) = gauges {
+            let _ = self.cluster.set((stats, [a, b, c, d]));
+        }
+    }
+
     pub fn render(&self) -> String {
+        if let Some((stats, [published, failures, gap, open])) = self.cluster.get() {
+            let now = stats();
+            published.set(now.bus_published as i64);
+            failures.set(now.bus_publish_failures as i64);
+            gap.set(now.bus_gap_filled as i64);
+            open.set(now.rate_limiter_failed_open as i64);
+        }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "metrics encoding failed");

@@ -23,6 +23,8 @@ pub struct Inner {
     pub auth: Auth,
     pub hub: Arc<Hub>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// Engines `/readyz` checks besides the store (cluster mode).
+    pub probes: Vec<(&'static str, crate::backends::Probe)>,
     pub metrics: Arc<Metrics>,
     /// Flips to true on shutdown; connections watch it to close with 1001.
     pub shutdown: watch::Receiver<bool>,

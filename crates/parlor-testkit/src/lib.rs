@@ -8,13 +8,24 @@
 //! to test durability. TLS tests get a certificate generated at run time, so no key
 //! material is ever checked in.
 //!
+//! Cluster mode needs PostgreSQL, Redis and NATS: [`engines`] starts real ones with
+//! mutual TLS, and `PARLOR_TEST_BACKEND=cluster` runs the behavioural suite on them (see
+//! [`default_backend`]).
+//!
 //! Everything here works from `#[tokio::test(flavor = "multi_thread")]` tests. Process
 //! control ([`TestServer::start`], [`TestServer::terminate`], ...) is synchronous and
 //! blocks the calling thread briefly; the client calls are async.
 
+pub mod engines;
 mod server;
 
-pub use server::{parlor_bin, relaxed_rate_limits, ServerOptions, TestServer, RELAXED_RATE_RULES};
+pub use engines::{
+    engines_available, missing_engines, shared_engines, ClusterSpec, Engines, BACKEND_ENV,
+};
+pub use server::{
+    cluster_env, default_backend, parlor_bin, relaxed_rate_limits, Backend, ServerOptions,
+    TestServer, RELAXED_RATE_RULES,
+};
 
 use anyhow::Context;
 use parlor_client::proto::rest::{TokenPair, UserView};

@@ -1,6 +1,7 @@
 //! Starting, stopping and restarting the real `parlor` binary.
 
-use crate::self_signed;
+use crate::engines::{shared_engines, ClusterSpec, BACKEND_ENV};
+use crate::{self_signed, unique_name};
 use anyhow::{anyhow, bail, Context};
 use parlor_client::proto::Id;
 use parlor_client::{Http, WsClient};
@@ -49,6 +50,31 @@ pub fn relaxed_rate_limits(env: &[(String, String)]) -> Vec<(String, String)> {
     out
 }
 
+/// What a [`TestServer`] stores its data in.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// SQLite and the in-process bus in the data directory (the binary's default).
+    Embedded,
+    /// Cluster mode on the engines of this spec; nodes sharing a spec form one cluster.
+    Cluster(ClusterSpec),
+}
+
+/// The backend for options that chose none, from `PARLOR_TEST_BACKEND`: unset, empty or
+/// `embedded` for [`Backend::Embedded`]; `cluster` for a fresh [`ClusterSpec`] on
+/// [`shared_engines`] (failing, not skipping, when the engines are missing).
+pub fn default_backend() -> anyhow::Result<Backend> {
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("" | "embedded") => Ok(Backend::Embedded),
+        Ok("cluster") => {
+            let engines = shared_engines()
+                .with_context(|| format!("{BACKEND_ENV}=cluster needs the engines"))?;
+            Ok(Backend::Cluster(engines.spec_for_new_test()?))
+        }
+        Ok(other) => bail!("{BACKEND_ENV}={other:?}: expected `embedded` or `cluster`"),
+        Err(e) => bail!("{BACKEND_ENV}: {e}"),
+    }
+}
+
 /// How to start a [`TestServer`].
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
@@ -61,9 +87,37 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// Use this data directory instead of a temporary one (which is then not deleted).
     pub data_dir: Option<PathBuf>,
+    /// `None`: decided by `PARLOR_TEST_BACKEND` at start (see [`default_backend`]).
+    pub backend: Option<Backend>,
+    /// The cluster node name; a unique one is generated when `None`. Ignored by the
+    /// embedded backend.
+    pub node_name: Option<String>,
 }
 
 impl ServerOptions {
+    /// Options for a cluster node on `spec` (see [`ServerOptions::with_cluster`]).
+    pub fn cluster(spec: &ClusterSpec) -> Self {
+        ServerOptions::default().with_cluster(spec)
+    }
+
+    /// Run in cluster mode on `spec`, whatever `PARLOR_TEST_BACKEND` says.
+    pub fn with_cluster(mut self, spec: &ClusterSpec) -> Self {
+        self.backend = Some(Backend::Cluster(spec.clone()));
+        self
+    }
+
+    /// Run on the embedded store, whatever `PARLOR_TEST_BACKEND` says (for tests of
+    /// embedded-only behaviour such as the SQLite files).
+    pub fn with_embedded(mut self) -> Self {
+        self.backend = Some(Backend::Embedded);
+        self
+    }
+
+    pub fn with_node_name(mut self, name: impl Into<String>) -> Self {
+        self.node_name = Some(name.into());
+        self
+    }
+
     pub fn with_tls(mut self) -> Self {
         self.tls = true;
         self
@@ -115,7 +169,18 @@ impl TestServer {
     /// Spawns `bin serve --listen 127.0.0.1:0 --data-dir DIR [--tls-cert C --tls-key K]
     /// ARGS...` and waits (at most 20 s) for the `listening on <url>` line on stdout.
     /// Rate limits are relaxed unless the test sets them (see [`relaxed_rate_limits`]).
-    pub fn start(bin: &Path, opts: ServerOptions) -> anyhow::Result<TestServer> {
+    ///
+    /// In cluster mode (chosen in `opts` or by `PARLOR_TEST_BACKEND=cluster`) the node
+    /// also gets the `PARLOR_CLUSTER__*` environment of its [`ClusterSpec`]; the resolved
+    /// spec and node name are kept, so [`TestServer::restart`] comes back on the same
+    /// database and namespace.
+    pub fn start(bin: &Path, mut opts: ServerOptions) -> anyhow::Result<TestServer> {
+        if opts.backend.is_none() {
+            opts.backend = Some(default_backend()?);
+        }
+        if matches!(opts.backend, Some(Backend::Cluster(_))) && opts.node_name.is_none() {
+            opts.node_name = Some(unique_name("node"));
+        }
         let tmp = tempfile::Builder::new()
             .prefix("parlor-test-")
             .tempdir()
@@ -194,6 +259,19 @@ impl TestServer {
 
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone()
+    }
+
+    /// The spec this node runs on, in cluster mode.
+    pub fn cluster_spec(&self) -> Option<&ClusterSpec> {
+        match &self.opts.backend {
+            Some(Backend::Cluster(spec)) => Some(spec),
+            _ => None,
+        }
+    }
+
+    /// This node's `PARLOR_CLUSTER__NODE_NAME`, in cluster mode.
+    pub fn node_name(&self) -> Option<&str> {
+        self.cluster_spec().and(self.opts.node_name.as_deref())
     }
 
     /// Whether the process is still running.
@@ -298,6 +376,7 @@ fn spawn(
             .arg(&tls.key);
     }
     cmd.args(&opts.args);
+    cmd.envs(cluster_env(opts));
     if !opts.env.iter().any(|(k, _)| k == "RUST_LOG") {
         cmd.env("RUST_LOG", "warn");
     }
@@ -319,6 +398,16 @@ fn spawn(
                 bin.display()
             )))
         }
+    }
+}
+
+/// The cluster-mode environment of a node, empty for the embedded backend. Applied
+/// before [`ServerOptions::env`], so a test can still override any variable.
+pub fn cluster_env(opts: &ServerOptions) -> Vec<(String, String)> {
+    match (&opts.backend, &opts.node_name) {
+        (Some(Backend::Cluster(spec)), Some(node)) => spec.env(node),
+        (Some(Backend::Cluster(spec)), None) => spec.env("node"),
+        _ => Vec::new(),
     }
 }
 

@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the chat server (embedded store, no external service needed).
+    /// Run the chat server: embedded store by default (no external service needed), or
+    /// a cluster node on PostgreSQL, NATS JetStream and Redis with `--cluster`.
     Serve(ServeArgs),
     /// Write a self-signed certificate and key for local HTTPS/WSS.
     Cert {
@@ -50,6 +51,10 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Run as a cluster node; the engines come from the `[cluster]` section or
+    /// `PARLOR_CLUSTER__*` variables (see docs/cluster.md).
+    #[arg(long)]
+    cluster: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +77,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.tls_cert.is_some() {
         config.tls_cert = args.tls_cert;
         config.tls_key = args.tls_key;
+    }
+    if args.cluster {
+        config.cluster.enabled = true;
     }
     config.validate()?;
     init_logging(&config.log_format);

@@ -140,3 +140,17 @@ pub async fn create_conversations(
         .await?;
     Ok((StatusCode::CREATED, Json(CreatedConversations { ids })))
 }
+
+/// Where a user's connections are: the connection registry, for operators and tests.
+pub async fn user_nodes(
+    State(state): State<AppState>,
+    _: Admin,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Json<UserNodes>> {
+    let user = id
+        .parse::<u64>()
+        .map(parlor_proto::Id)
+        .map_err(|_| ApiError(Error::new(ErrorCode::BadRequest, "invalid user id")))?;
+    let nodes = state.chat.presence_nodes(user).await?;
+    Ok(Json(UserNodes { user, nodes }))
+}

@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ws", get(crate::ws::upgrade))
         .route("/v1/admin/users", post(admin::create_users))
         .route("/v1/admin/conversations", post(admin::create_conversations))
+        .route("/v1/admin/users/{id}/nodes", get(admin::user_nodes))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), count_errors))

@@ -1,0 +1,220 @@
+//! Picks the adapters behind the core's ports: the embedded default (SQLite, in-process
+//! bus, in-memory presence and rate limits) or cluster mode (PostgreSQL, NATS JetStream,
+//! Redis). This is the only module that names an adapter.
+
+use crate::config::{ClusterTls, Config};
+use parlor_core::ports::{BoxFuture, Bus, EventLog, Presence, RateLimiter, Store};
+use parlor_embedded::{
+    Durability, InProcessBus, MemoryPresence, MemoryRateLimiter, SqliteStore, StoreOptions,
+};
+use std::sync::Arc;
+
+/// A named health check for `/readyz`.
+pub type Probe = Arc<dyn Fn() -> BoxFuture<Result<(), String>> + Send + Sync>;
+
+/// Counters of the cluster adapters, for `/metrics`.
+pub type ClusterStats = Arc<dyn Fn() -> ClusterCounters + Send + Sync>;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterCounters {
+    pub bus_published: u64,
+    pub bus_publish_failures: u64,
+    pub bus_gap_filled: u64,
+    pub rate_limiter_failed_open: u64,
+}
+
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub presence: Arc<dyn Presence>,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Engines `/readyz` checks besides the store.
+    pub probes: Vec<(&'static str, Probe)>,
+    pub cluster_stats: Option<ClusterStats>,
+}
+
+pub async fn build(config: &Config) -> anyhow::Result<Backends> {
+    if config.cluster.enabled {
+        cluster(config).await
+    } else {
+        embedded(config)
+    }
+}
+
+fn embedded(config: &Config) -> anyhow::Result<Backends> {
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
+    let durability = match config.durability.as_str() {
+        "fsync" => Durability::Fsync,
+        _ => Durability::Process,
+    };
+    let store = Arc::new(SqliteStore::open(
+        StoreOptions {
+            machine_id: config.machine_id,
+            durability,
+            search_candidates: config.limits.search_candidates,
+            write_queue: config.limits.write_queue.max(1),
+            ..StoreOptions::new(&config.data_dir)
+        },
+        Arc::clone(&bus),
+    )?);
+    Ok(Backends {
+        store,
+        bus,
+        presence: Arc::new(MemoryPresence::new(
+            (config.presence.grace_secs * 1000) as i64,
+        )),
+        limiter: Arc::new(MemoryRateLimiter::new()),
+        probes: Vec::new(),
+        cluster_stats: None,
+    })
+}
+
+/// This node's name: configured, or `<hostname>-<port>`.
+pub fn node_name(config: &Config) -> String {
+    if !config.cluster.node_name.is_empty() {
+        return config.cluster.node_name.clone();
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{host}-{}", config.listen.port())
+}
+
+fn tls_parts(
+    tls: &ClusterTls,
+) -> Option<(
+    std::path::PathBuf,
+    Option<std::path::PathBuf>,
+    Option<std::path::PathBuf>,
+)> {
+    tls.ca_file
+        .clone()
+        .map(|ca| (ca, tls.cert_file.clone(), tls.key_file.clone()))
+}
+
+async fn cluster(config: &Config) -> anyhow::Result<Backends> {
+    let c = &config.cluster;
+    let node = node_name(config);
+    let tls = tls_parts(&c.tls);
+    tracing::info!(node = %node, namespace = %c.namespace, tls = tls.is_some(), "starting as a cluster node");
+
+    let nats = parlor_nats::NatsBus::connect(parlor_nats::NatsOptions {
+        url: c.nats_url.clone(),
+        namespace: c.namespace.clone(),
+        tls: tls
+            .clone()
+            .map(|(ca_file, cert_file, key_file)| parlor_nats::TlsFiles {
+                ca_file,
+                cert_file,
+                key_file,
+            }),
+        replicas: c.stream_replicas,
+        node_name: node.clone(),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("nats: {e}"))?;
+
+    let redis_options = parlor_redis::RedisOptions {
+        url: c.redis_url.clone(),
+        namespace: c.namespace.clone(),
+        tls: tls
+            .clone()
+            .map(|(ca_file, cert_file, key_file)| parlor_redis::TlsFiles {
+                ca_file,
+                cert_file,
+                key_file,
+            }),
+        node_name: node.clone(),
+    };
+    let redis = parlor_redis::connection::connect(&redis_options)
+        .await
+        .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+
+    let pg_tls = match &tls {
+        Some((ca_file, Some(cert_file), Some(key_file))) => Some(parlor_postgres::TlsFiles {
+            ca_file: ca_file.clone(),
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+        }),
+        _ => None,
+    };
+    let bus: Arc<dyn Bus> = nats.clone();
+    let store = parlor_postgres::PgStore::connect(
+        parlor_postgres::PgOptions {
+            url: c.postgres_url.clone(),
+            replica_urls: c.postgres_replica_urls.clone(),
+            pool_size: c.postgres_pool_size.max(2),
+            partitions: c.postgres_partitions,
+            tls: pg_tls,
+            node_name: node.clone(),
+            search_candidates: config.limits.search_candidates,
+            write_queue: config.limits.write_queue.max(1),
+        },
+        Arc::clone(&bus),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("postgres: {e}"))?;
+    let log: Arc<dyn EventLog> = store.clone();
+    nats.attach_log(log);
+    tracing::info!(machine_id = store.machine_id(), "machine id leased");
+
+    let presence = parlor_redis::RedisPresence::start(
+        redis.clone(),
+        &redis_options,
+        (config.presence.grace_secs * 1000) as i64,
+    );
+    let limiter = Arc::new(parlor_redis::RedisRateLimiter::new(
+        redis.clone(),
+        &redis_options,
+    ));
+
+    let nats_probe = Arc::clone(&nats);
+    let redis_probe = redis.clone();
+    let probes: Vec<(&'static str, Probe)> = vec![
+        (
+            "nats",
+            Arc::new(move || {
+                let nats = Arc::clone(&nats_probe);
+                Box::pin(async move { nats.ping().await.map_err(|e| e.to_string()) })
+            }),
+        ),
+        (
+            "redis",
+            Arc::new(move || {
+                let redis = redis_probe.clone();
+                Box::pin(async move {
+                    tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        parlor_redis::connection::ping(&redis),
+                    )
+                    .await
+                    .map_err(|_| "no answer within 2 s".to_string())?
+                    .map_err(|e| e.to_string())
+                })
+            }),
+        ),
+    ];
+    let stats_nats = Arc::clone(&nats);
+    let stats_limiter = Arc::clone(&limiter);
+    let cluster_stats: ClusterStats = Arc::new(move || {
+        let [published, failures, gap] = stats_nats.stats().snapshot();
+        ClusterCounters {
+            bus_published: published,
+            bus_publish_failures: failures,
+            bus_gap_filled: gap,
+            rate_limiter_failed_open: stats_limiter
+                .failed_open
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    });
+    Ok(Backends {
+        store,
+        bus,
+        presence,
+        limiter,
+        probes,
+        cluster_stats: Some(cluster_stats),
+    })
+}
