@@ -233,6 +233,25 @@ pub fn snippet(text: &str, terms: &[String], max_chars: usize) -> (String, Vec<(
     (excerpt, inside)
 }
 
+/// Lower-cases `token` and removes its diacritics, as matching does ("Café" → "cafe").
+/// For adapters whose engine does no folding of its own.
+pub fn fold_token(token: &str) -> String {
+    token.chars().map(fold).collect()
+}
+
+/// One term of a parsed [`Query`] as [`parse_query`] matches it: the tokens that must
+/// appear next to each other (a phrase), and whether the last one matches as a prefix.
+/// `None` for a term with no token. For adapters that build their engine's own query.
+pub fn term_phrase(term: &str) -> Option<(Vec<String>, bool)> {
+    let toks = tokens(term, true);
+    if toks.is_empty() {
+        return None;
+    }
+    let single_cjk = toks.len() == 1 && toks[0].chars().count() == 1 && toks[0].chars().all(is_cjk);
+    let prefix = term.ends_with('*') || single_cjk;
+    Some((toks, prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,223 @@
+//! Versioned schema migrations, applied at connect inside one transaction that holds a
+//! transaction-scoped advisory lock, so that several nodes starting together apply each
+//! migration exactly once (the others wait, then find nothing left to do).
+//! `schema_migrations` records what is applied. A migration is never edited once
+//! released, only appended.
+//!
+//! Schema notes (see `docs/postgres.md`):
+//! - `parlor_head` is the single-row position counter (see the crate docs).
+//! - `messages` is hash-partitioned by `conv_id`; its primary key `(conv_id, seq)`
+//!   contains the partition key as PostgreSQL requires. The per-sender client-id
+//!   uniqueness cannot be a unique index there (it does not contain `conv_id`), so it is
+//!   the primary key of `message_cids`, written in the same transaction, which also
+//!   keeps what a duplicate's acknowledgement needs.
+//! - `messages.tsv` is built by the node from the core tokenizer's folded tokens (see
+//!   `search.rs`); PostgreSQL only stores and matches it.
+//! - `event_log` is the transactional outbox of position-bearing events.
+
+use anyhow::Context;
+use deadpool_postgres::Object;
+
+/// Key of the advisory lock that serializes migrations ("parlor" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7061_726c_6f72;
+
+/// The SQL of each migration; `partitions` is used only when the tables are created.
+fn migration(version: usize, partitions: u32) -> Option<String> {
+    match version {
+        1 => Some(initial(partitions)),
+        _ => None,
+    }
+}
+
+const LATEST: usize = 1;
+
+fn initial(partitions: u32) -> String {
+    let partitions = partitions.max(1);
+    let mut sql = String::from(
+        r#"
+        CREATE TABLE parlor_head (
+            id boolean PRIMARY KEY DEFAULT true CHECK (id),
+            pos bigint NOT NULL
+        );
+        INSERT INTO parlor_head (id, pos) VALUES (true, 0);
+
+        CREATE TABLE machine_leases (
+            machine_id int PRIMARY KEY,
+            holder text NOT NULL,
+            expires_at timestamptz NOT NULL,
+            -- Newest id the holder reported generating: the next holder continues above it.
+            last_id bigint NOT NULL DEFAULT 0
+        );
+
+        CREATE TABLE users (
+            id bigint PRIMARY KEY,
+            username text NOT NULL UNIQUE,
+            password_hash text NOT NULL,
+            created_at bigint NOT NULL,
+            last_seen bigint
+        );
+
+        CREATE TABLE sessions (
+            id bigint PRIMARY KEY,
+            user_id bigint NOT NULL REFERENCES users(id),
+            device_name text NOT NULL,
+            refresh_hash bytea NOT NULL UNIQUE,
+            previous_hash bytea,
+            expires_at bigint NOT NULL,
+            created_at bigint NOT NULL,
+            revoked boolean NOT NULL DEFAULT false
+        );
+        CREATE INDEX sessions_previous ON sessions (previous_hash);
+
+        CREATE TABLE conversations (
+            id bigint PRIMARY KEY,
+            kind smallint NOT NULL,            -- 0 direct, 1 group
+            name text,
+            direct_key text UNIQUE,            -- 'lo:hi' user ids of a direct conversation
+            member_count int NOT NULL,
+            created_at bigint NOT NULL,
+            -- Newest seq: assigned under this row's lock, gap-free.
+            last_seq bigint NOT NULL DEFAULT 0,
+            -- Position of the last membership change: a node's cached member list of the
+            -- conversation is current while this has not moved.
+            roster_pos bigint NOT NULL DEFAULT 0
+        );
+
+        CREATE TABLE members (
+            conv_id bigint NOT NULL,
+            user_id bigint NOT NULL,
+            role smallint NOT NULL,            -- 0 owner, 1 admin, 2 member
+            joined_pos bigint NOT NULL,
+            left_pos bigint,                   -- set while the user is not a member any more
+            left_seq bigint,                   -- last message they may read after leaving
+            read_seq bigint NOT NULL DEFAULT 0,
+            read_pos bigint NOT NULL DEFAULT 0,
+            delivered_seq bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (conv_id, user_id)
+        );
+        CREATE INDEX members_by_user ON members (user_id);
+
+        CREATE TABLE messages (
+            conv_id bigint NOT NULL,
+            seq bigint NOT NULL,
+            id bigint NOT NULL,
+            pos bigint NOT NULL,
+            sender bigint NOT NULL,
+            cid text,
+            body text NOT NULL,
+            created_at bigint NOT NULL,
+            reply_to bigint,
+            mentions bigint[],
+            mention_all boolean NOT NULL DEFAULT false,
+            edited_at bigint,
+            deleted boolean NOT NULL DEFAULT false,
+            tsv tsvector,
+            PRIMARY KEY (conv_id, seq)
+        ) PARTITION BY HASH (conv_id);
+        CREATE INDEX messages_by_pos ON messages (conv_id, pos);
+        CREATE INDEX messages_search ON messages USING gin (tsv);
+
+        CREATE TABLE message_cids (
+            sender bigint NOT NULL,
+            cid text NOT NULL,
+            conv_id bigint NOT NULL,
+            seq bigint NOT NULL,
+            id bigint NOT NULL,
+            pos bigint NOT NULL,
+            created_at bigint NOT NULL,
+            PRIMARY KEY (sender, cid)
+        );
+
+        CREATE TABLE member_events (
+            pos bigint PRIMARY KEY,
+            conv_id bigint NOT NULL,
+            user_id bigint NOT NULL,
+            change smallint NOT NULL,          -- 0 added, 1 removed, 2 left, 3 role
+            actor bigint NOT NULL,
+            role smallint,
+            created_at bigint NOT NULL
+        );
+        CREATE INDEX member_events_by_conv ON member_events (conv_id, pos);
+
+        CREATE TABLE message_changes (
+            pos bigint PRIMARY KEY,
+            conv_id bigint NOT NULL,
+            seq bigint NOT NULL,
+            kind smallint NOT NULL,            -- 0 edited, 1 deleted
+            actor bigint NOT NULL,
+            created_at bigint NOT NULL
+        );
+        CREATE INDEX message_changes_by_conv ON message_changes (conv_id, pos);
+        CREATE INDEX message_changes_by_message ON message_changes (conv_id, seq);
+
+        CREATE TABLE mentions (
+            user_id bigint NOT NULL,
+            conv_id bigint NOT NULL,
+            seq bigint NOT NULL,
+            PRIMARY KEY (user_id, conv_id, seq)
+        );
+
+        CREATE TABLE event_log (
+            pos bigint PRIMARY KEY,
+            conv_id bigint NOT NULL,
+            logged_at timestamptz NOT NULL DEFAULT now(),
+            body jsonb NOT NULL
+        );
+        CREATE INDEX event_log_by_time ON event_log (logged_at);
+        "#,
+    );
+    for i in 0..partitions {
+        sql.push_str(&format!(
+            "CREATE TABLE messages_p{i} PARTITION OF messages FOR VALUES WITH (MODULUS {partitions}, REMAINDER {i});\n"
+        ));
+    }
+    sql
+}
+
+/// Applies every migration not applied yet.
+pub async fn migrate(client: &mut Object, partitions: u32) -> anyhow::Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .context("cannot begin the migration")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("cannot take the migration lock")?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version int PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .await
+    .context("cannot create schema_migrations")?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .context("cannot read schema_migrations")?
+        .get(0);
+    let current = usize::try_from(current).unwrap_or(0);
+    if current > LATEST {
+        anyhow::bail!(
+            "the database schema (version {current}) is newer than this build knows ({LATEST})"
+        );
+    }
+    for version in current + 1..=LATEST {
+        let Some(sql) = migration(version, partitions) else {
+            break;
+        };
+        tx.batch_execute(&sql)
+            .await
+            .with_context(|| format!("migration {version} failed"))?;
+        let v = i32::try_from(version).unwrap_or(i32::MAX);
+        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&v])
+            .await
+            .context("cannot record the migration")?;
+        tracing::info!(version, "applied schema migration");
+    }
+    tx.commit().await.context("cannot commit the migration")?;
+    Ok(())
+}
