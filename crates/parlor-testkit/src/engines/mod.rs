@@ -215,6 +215,11 @@ impl ClusterSpec {
                 path(&self.cert_file),
             ),
             ("PARLOR_CLUSTER__TLS__KEY_FILE".into(), path(&self.key_file)),
+            // Nodes of one cluster must share the token key (cluster mode requires one).
+            (
+                "PARLOR_AUTH__JWT_SECRET".into(),
+                format!("cluster-test-secret-{}-0123456789abcdef", self.namespace),
+            ),
         ]
     }
 }
