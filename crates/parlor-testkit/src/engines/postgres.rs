@@ -34,7 +34,8 @@ pub struct PgBins {
 }
 
 impl PgBins {
-    /// `postgres` from `PATH`, else from the highest `/usr/lib/postgresql/*/bin/`;
+    /// `postgres` from `PATH` (or a system `bin`), else from the highest
+    /// `/usr/lib/postgresql/*/bin/`;
     /// `initdb` and `psql` from the same installation when it has them (a `PATH` entry is
     /// often a symlink into it), else from `PATH`.
     pub fn find() -> Option<PgBins> {
@@ -378,9 +379,13 @@ impl Postgres {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let log = log_since(&self.log, offset, 4000);
-            let transient = ["pre-existing shared memory block", "already in use"]
-                .iter()
-                .any(|s| log.contains(s));
+            let transient = [
+                "pre-existing shared memory block",
+                "already in use",
+                "lock file",
+            ]
+            .iter()
+            .any(|s| log.contains(s));
             if !transient || Instant::now() >= deadline {
                 bail!("PostgreSQL exited during start-up; log:\n{log}");
             }
