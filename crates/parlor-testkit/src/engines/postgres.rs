@@ -35,9 +35,8 @@ pub struct PgBins {
 
 impl PgBins {
     /// `postgres` from `PATH` (or a system `bin`), else from the highest
-    /// `/usr/lib/postgresql/*/bin/`;
-    /// `initdb` and `psql` from the same installation when it has them (a `PATH` entry is
-    /// often a symlink into it), else from `PATH`.
+    /// `/usr/lib/postgresql/*/bin/`; `initdb` and `psql` from the same installation when
+    /// it has them (a `PATH` entry is often a symlink into it), else from `PATH`.
     pub fn find() -> Option<PgBins> {
         let postgres = find_in_path("postgres").or_else(|| {
             let dir = debian_bin_dir()?;
