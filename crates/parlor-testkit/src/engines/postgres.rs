@@ -469,8 +469,8 @@ fn chown_recursive(dir: &Path, user: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps ownership and mode of `to` if it exists (it is created by root in a directory
-/// chowned afterwards).
+/// `std::fs::copy` carries the permission bits over, so the key stays 0600; ownership
+/// is fixed by the `chown -R` that follows.
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::copy(from, to)
         .map(drop)
