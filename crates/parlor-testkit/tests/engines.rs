@@ -8,7 +8,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use parlor_testkit::engines::{CertFiles, Certs, NatsCluster, PgBins, Postgres, Redis};
-use parlor_testkit::{cluster_env, missing_engines, shared_engines, ServerOptions};
+use parlor_testkit::{cluster_env, missing_engines, shared_engines, ServerOptions, TestServer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -491,5 +491,145 @@ fn engines_die_with_the_test_process() -> Result<()> {
     wait_for("engines dir to be removed", Duration::from_secs(10), || {
         !Path::new(&dir).exists()
     })?;
+    Ok(())
+}
+
+/// A stand-in for the `parlor` binary that records the cluster environment it was given
+/// (in `<data dir>/env.<pid>`) and prints the line [`TestServer`] waits for. The server
+/// side of cluster mode is not what these tests check.
+fn fake_parlor(dir: &Path) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("fake-parlor");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\n\
+         # serve --listen 127.0.0.1:0 --data-dir DIR\n\
+         if [ \"$1\" = probe ]; then exit 0; fi\n\
+         env | grep '^PARLOR_CLUSTER__' | sort > \"$5/env.$$\"\n\
+         echo 'listening on http://127.0.0.1:9'\n\
+         exec sleep 60\n",
+    )?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    // Another test's fork may still hold the file open for writing for a moment, and
+    // exec then fails with ETXTBSY; wait until it runs.
+    wait_for(
+        "fake parlor to be executable",
+        Duration::from_secs(5),
+        || Command::new(&bin).arg("probe").status().is_ok(),
+    )?;
+    Ok(bin)
+}
+
+fn recorded_envs(data_dir: &Path) -> Result<Vec<String>> {
+    let mut envs = Vec::new();
+    for entry in std::fs::read_dir(data_dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("env."))
+        {
+            envs.push(std::fs::read_to_string(path)?);
+        }
+    }
+    Ok(envs)
+}
+
+#[test]
+fn a_cluster_test_server_gets_its_spec_and_keeps_it_across_restarts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bin = fake_parlor(dir.path())?;
+    let engines = shared_engines()?;
+    let spec = engines.spec_for_new_test()?;
+
+    let mut a = TestServer::start(&bin, ServerOptions::cluster(&spec))?;
+    let mut b = TestServer::start(&bin, ServerOptions::cluster(&spec))?;
+    assert_ne!(a.node_name(), b.node_name(), "each node needs its own name");
+    assert_eq!(
+        a.cluster_spec().map(|s| &s.namespace),
+        Some(&spec.namespace)
+    );
+    a.restart()?;
+    b.kill()?;
+
+    let envs = recorded_envs(&a.data_dir())?;
+    assert_eq!(envs.len(), 2, "{envs:?}");
+    assert_eq!(envs[0], envs[1], "a restart keeps the spec and node name");
+    let node = a.node_name().context("node name")?;
+    for line in [
+        "PARLOR_CLUSTER__ENABLED=true".to_owned(),
+        format!("PARLOR_CLUSTER__NODE_NAME={node}"),
+        format!("PARLOR_CLUSTER__NAMESPACE={}", spec.namespace),
+        format!("PARLOR_CLUSTER__POSTGRES_URL={}", spec.postgres_url),
+        format!("PARLOR_CLUSTER__NATS_URL={}", spec.nats_url),
+        format!("PARLOR_CLUSTER__REDIS_URL={}", spec.redis_url),
+        format!("PARLOR_CLUSTER__TLS__CA_FILE={}", spec.ca_file.display()),
+        format!(
+            "PARLOR_CLUSTER__TLS__CERT_FILE={}",
+            spec.cert_file.display()
+        ),
+        format!("PARLOR_CLUSTER__TLS__KEY_FILE={}", spec.key_file.display()),
+    ] {
+        assert!(
+            envs[0].lines().any(|l| l == line),
+            "{line} not in {}",
+            envs[0]
+        );
+    }
+
+    let embedded = TestServer::start(&bin, ServerOptions::default().with_embedded())?;
+    assert!(embedded.cluster_spec().is_none());
+    assert_eq!(recorded_envs(&embedded.data_dir())?, vec![String::new()]);
+    Ok(())
+}
+
+/// Set in the copies of this test binary that [`the_backend_variable_selects_the_engines`]
+/// starts, to the value of `PARLOR_TEST_BACKEND` they were given.
+const BACKEND_HELPER: &str = "PARLOR_TESTKIT_BACKEND_HELPER";
+
+/// `PARLOR_TEST_BACKEND` is read by every start, so it is set only in child copies of
+/// this binary rather than in this multi-threaded process.
+#[test]
+fn the_backend_variable_selects_the_engines() -> Result<()> {
+    if let Some(value) = std::env::var_os(BACKEND_HELPER) {
+        let dir = tempfile::tempdir()?;
+        let bin = fake_parlor(dir.path())?;
+        let server = TestServer::start(&bin, ServerOptions::default());
+        match value.to_str() {
+            Some("cluster") => {
+                let server = server?;
+                let spec = server.cluster_spec().context("cluster spec")?;
+                let envs = recorded_envs(&server.data_dir())?;
+                ensure!(
+                    envs.len() == 1 && envs[0].contains(&spec.namespace),
+                    "{envs:?}"
+                );
+                // An explicit choice wins over the variable.
+                let embedded = TestServer::start(&bin, ServerOptions::default().with_embedded())?;
+                ensure!(embedded.cluster_spec().is_none());
+            }
+            Some("embedded") => ensure!(server?.cluster_spec().is_none()),
+            _ => {
+                let err = server.expect_err("an unknown backend must fail");
+                ensure!(err.to_string().contains("PARLOR_TEST_BACKEND"), "{err:#}");
+            }
+        }
+        return Ok(());
+    }
+
+    let exe = std::env::current_exe()?;
+    for value in ["cluster", "embedded", "sqlite"] {
+        let out = Command::new(&exe)
+            .args(["--exact", "the_backend_variable_selects_the_engines"])
+            .env(BACKEND_HELPER, value)
+            .env(parlor_testkit::BACKEND_ENV, value)
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "PARLOR_TEST_BACKEND={value}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }

@@ -255,10 +255,20 @@ pub fn free_port() -> anyhow::Result<u16> {
     bail!("no free port found in 100 attempts")
 }
 
-/// `name` in `PATH`, if it is an executable file.
+/// `name` in `PATH`, then in the system directories: `nats-server` and `setpriv` live in
+/// `sbin`, which a non-login root shell or a CI runner may leave out of `PATH`.
 pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+    const SYSTEM_DIRS: [&str; 6] = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| {
             std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

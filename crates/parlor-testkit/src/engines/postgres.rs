@@ -34,9 +34,9 @@ pub struct PgBins {
 }
 
 impl PgBins {
-    /// `postgres` from `PATH`, else from the highest `/usr/lib/postgresql/*/bin/`;
-    /// `initdb` and `psql` from the same installation when it has them (a `PATH` entry is
-    /// often a symlink into it), else from `PATH`.
+    /// `postgres` from `PATH` (or a system `bin`), else from the highest
+    /// `/usr/lib/postgresql/*/bin/`; `initdb` and `psql` from the same installation when
+    /// it has them (a `PATH` entry is often a symlink into it), else from `PATH`.
     pub fn find() -> Option<PgBins> {
         let postgres = find_in_path("postgres").or_else(|| {
             let dir = debian_bin_dir()?;
@@ -378,9 +378,13 @@ impl Postgres {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let log = log_since(&self.log, offset, 4000);
-            let transient = ["pre-existing shared memory block", "already in use"]
-                .iter()
-                .any(|s| log.contains(s));
+            let transient = [
+                "pre-existing shared memory block",
+                "already in use",
+                "lock file",
+            ]
+            .iter()
+            .any(|s| log.contains(s));
             if !transient || Instant::now() >= deadline {
                 bail!("PostgreSQL exited during start-up; log:\n{log}");
             }
@@ -465,8 +469,8 @@ fn chown_recursive(dir: &Path, user: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps ownership and mode of `to` if it exists (it is created by root in a directory
-/// chowned afterwards).
+/// `std::fs::copy` carries the permission bits over, so the key stays 0600; ownership
+/// is fixed by the `chown -R` that follows.
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::copy(from, to)
         .map(drop)
