@@ -298,6 +298,10 @@ impl Config {
             let Some(rest) = key.strip_prefix("PARLOR_") else {
                 continue;
             };
+            // Test harnesses' own switches (`PARLOR_TEST_BACKEND`, …) are not settings.
+            if rest.starts_with("TEST_") {
+                continue;
+            }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
             set_path(&mut table, &path, scalar(&value));
         }
