@@ -1,0 +1,971 @@
+//! Cluster mode with three nodes, end to end: each test launches its own engines (three
+//! NATS JetStream servers with R3 streams, Redis, PostgreSQL, all with mutual TLS) and
+//! three `parlor` nodes on them, so it can kill any of them. The nodes choose cluster
+//! mode explicitly; `PARLOR_TEST_BACKEND` does not matter here.
+//!
+//! What is checked is what `docs/cluster.md` promises: messages cross nodes in strict
+//! per-conversation order, exactly once; a device resumes on any node from its last
+//! position; presence, typing and the connection registry span nodes; and losing a chat
+//! node, a NATS server, Redis or PostgreSQL for a while loses nothing acknowledged.
+//! Waits are bounded only so that a broken cluster fails instead of hanging; nothing
+//! asserts that anything was fast.
+
+#![allow(clippy::unwrap_used)]
+
+mod cluster_support;
+mod support;
+
+use cluster_support::*;
+use parlor_client::proto::rest::MessageView;
+use parlor_client::proto::ws::{Ack, ClientFrame, MemberChange, ServerFrame, TypingEvent};
+use parlor_client::proto::{ErrorCode, Id};
+use parlor_client::{ClientError, WsClient};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{pipeline, second_device, user, Outgoing, User, WAIT};
+use tokio::time::Instant;
+
+/// Presence settings of the presence tests: a 2 s grace period, a 200 ms expiry tick.
+const GRACE_MS: u64 = 2_000;
+const PRESENCE_ENV: [(&str, &str); 2] = [
+    ("PARLOR_PRESENCE__GRACE_SECS", "2"),
+    ("PARLOR_PRESENCE__TICK_MS", "200"),
+];
+/// Generous bound for presence to converge (documented: grace + tick, 2.2 s here).
+const PRESENCE_BOUND: Duration = Duration::from_secs(20);
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The same user on another device (its own login, so its own device session).
+async fn device_of(cluster: &Cluster, node: usize, u: &User, name: &str) -> User {
+    User {
+        token: second_device(&cluster.http(node), u, name).await,
+        ..u.clone()
+    }
+}
+
+/// The sends of `device` to `conv`, in the order they were first written, must have
+/// increasing seqs: sends of one connection keep their order.
+fn check_sender_order(device: &Device, conv: Id) {
+    let seqs: Vec<u64> = device
+        .sent
+        .iter()
+        .filter(|s| s.conv == conv)
+        .map(|s| device.acks[&s.cid].seq)
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "{}: pipelined sends to {conv} were stored out of order: {seqs:?}",
+        device.label
+    );
+}
+
+fn typing_of(frame: &ServerFrame) -> Option<TypingEvent> {
+    match frame {
+        ServerFrame::Typing(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+async fn typing(ws: &mut WsClient, conv: Id, on: bool) {
+    ws.send_frame(&ClientFrame::Typing { conv, typing: on })
+        .await
+        .expect("typing frame");
+}
+
+/// Skips frames until `f` matches, for at most `limit`; returns the frames before it.
+async fn frames_until<T>(
+    ws: &mut WsClient,
+    limit: Duration,
+    mut f: impl FnMut(&ServerFrame) -> Option<T>,
+) -> (Vec<ServerFrame>, T) {
+    let deadline = Instant::now() + limit;
+    let mut before = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ws.next_frame(left).await {
+            Ok(frame) => {
+                if let Some(found) = f(&frame) {
+                    return (before, found);
+                }
+                before.push(frame);
+            }
+            Err(e) => panic!("waiting for a frame (after {before:?}): {e}"),
+        }
+    }
+}
+
+/// Scenario 1: three members, each on a different node (and one of them with a second
+/// device on a third), pipeline concurrently into a direct and a group conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_three_nodes_get_every_conversation_in_seq_order_exactly_once() {
+    const PER_SENDER: usize = 60;
+    let cluster = Cluster::start(&[]);
+    let urls = cluster.urls();
+    // Accounts made on different nodes: they live in the shared store.
+    let alice = user(&cluster.http(0), "alice").await;
+    let bob = user(&cluster.http(1), "bob").await;
+    let carol = user(&cluster.http(2), "carol").await;
+    let alice_phone = device_of(&cluster, 2, &alice, "phone").await;
+    let direct = cluster
+        .http(1)
+        .open_direct(&bob.token, alice.id)
+        .await
+        .expect("open direct")
+        .id;
+    let room = cluster
+        .http(2)
+        .create_group(&carol.token, "room", &[alice.id, bob.id])
+        .await
+        .expect("create group")
+        .id;
+
+    let mut control = Control::default();
+    let plan = |send_to: Vec<Id>, member_of: Vec<Id>| Plan {
+        send_to,
+        member_of,
+        window: 8,
+        reconnect: false,
+    };
+    let devices = vec![
+        (
+            Device::connect("alice", &alice, &urls, 0).await,
+            plan(vec![room, direct], vec![room, direct]),
+        ),
+        (
+            Device::connect("bob", &bob, &urls, 1).await,
+            plan(vec![direct, room], vec![room, direct]),
+        ),
+        (
+            Device::connect("carol", &carol, &urls, 2).await,
+            plan(vec![room], vec![room]),
+        ),
+        (
+            Device::connect("alice-phone", &alice_phone, &urls, 2).await,
+            plan(vec![], vec![room, direct]),
+        ),
+    ];
+    let progress: Vec<_> = devices.iter().map(|(d, _)| d.progress()).collect();
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|(d, p)| d.spawn(p, Arc::clone(&urls), &control))
+        .collect();
+    until_progress("senders", &progress, |acked| {
+        acked[..3].iter().all(|&n| n >= PER_SENDER)
+    })
+    .await;
+    let (devices, histories) = finish(
+        &mut control,
+        tasks,
+        &cluster.http(0),
+        &[(room, &alice), (direct, &alice)],
+    )
+    .await;
+
+    for (conv, h) in &histories {
+        check_history(&format!("{conv}"), h);
+    }
+    check_acks(&devices, &histories);
+    for d in &devices {
+        assert!(d.breaks.is_empty(), "{}: {:?}", d.label, d.breaks);
+        let convs: &[Id] = if d.label == "carol" {
+            &[room]
+        } else {
+            &[room, direct]
+        };
+        for &conv in convs {
+            check_stream(d, conv, &histories[&conv]);
+            check_sender_order(d, conv);
+        }
+    }
+    // Every node serves the same history.
+    for node in 1..3 {
+        for (conv, h) in &histories {
+            let other = history(&cluster.http(node), &bob.token, *conv).await;
+            assert_eq!(&other, h, "history of {conv} on {}", NODE_NAMES[node]);
+        }
+    }
+    let total: usize = histories.values().map(Vec::len).sum();
+    eprintln!("cross-node chat: {total} messages, every stream exact");
+}
+
+/// Scenario 2: presence and typing cross nodes; a node killed with SIGKILL takes its
+/// users offline after the grace period, and the registry forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_typing_and_the_registry_span_nodes_and_a_killed_node_goes_offline() {
+    let mut cluster = Cluster::start(&PRESENCE_ENV);
+    let urls = cluster.urls();
+    let alice = user(&cluster.http(0), "alice").await;
+    let bob = user(&cluster.http(1), "bob").await;
+    let conv = cluster
+        .http(0)
+        .open_direct(&alice.token, bob.id)
+        .await
+        .expect("open direct")
+        .id;
+
+    let (mut alice_ws, _, _) = connect_synced(&urls[0], &alice.token, None)
+        .await
+        .expect("alice connects to n1");
+    let bob_connected_ms = now_ms();
+    let (mut bob_ws, _, _) = connect_synced(&urls[1], &bob.token, None)
+        .await
+        .expect("bob connects to n2");
+
+    // Alice (n1) sees Bob (n2) come online; the REST view on n3 agrees.
+    let (_, online) = frames_until(&mut alice_ws, PRESENCE_BOUND, |f| match f {
+        ServerFrame::Presence(p) if p.user == bob.id => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(online.online, "first presence of bob: {online:?}");
+    let seen = presence_of(&cluster.http(2), &alice, bob.id)
+        .await
+        .expect("presence query on n3");
+    assert!(seen.online, "{seen:?}");
+
+    // The registry knows who is where, asked on any node.
+    assert_eq!(registry(&cluster.http(2), bob.id).await, ["n2"]);
+    assert_eq!(registry(&cluster.http(1), alice.id).await, ["n1"]);
+
+    // Typing crosses nodes both ways.
+    typing(&mut bob_ws, conv, true).await;
+    let (_, t) = frames_until(&mut alice_ws, WAIT, typing_of).await;
+    assert_eq!((t.conv, t.user, t.typing), (conv, bob.id, true), "{t:?}");
+    typing(&mut alice_ws, conv, true).await;
+    let (_, t) = frames_until(&mut bob_ws, WAIT, typing_of).await;
+    assert_eq!((t.conv, t.user, t.typing), (conv, alice.id, true), "{t:?}");
+
+    // SIGKILL node 2: nobody cleans up after it.
+    let killed = Instant::now();
+    let killed_ms = now_ms();
+    cluster.kill(1);
+    drop(bob_ws);
+    let (before, gone) = frames_until(&mut alice_ws, PRESENCE_BOUND, |f| match f {
+        ServerFrame::Presence(p) if p.user == bob.id => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    let gone_after = killed.elapsed();
+    let gone_ms = now_ms();
+    assert!(!gone.online, "expected bob offline, got {gone:?} after {before:?}");
+    let last_seen = gone.last_seen.expect("offline presence carries last_seen");
+    // Bob was last vouched for by his node while it ran...
+    assert!(
+        (bob_connected_ms..=killed_ms).contains(&last_seen),
+        "last_seen {last_seen} outside [{bob_connected_ms} (connect), {killed_ms} (kill)]"
+    );
+    // ...and is announced offline only once the grace period after that has passed.
+    assert!(
+        gone_ms >= last_seen + GRACE_MS as i64,
+        "offline announced {} ms after last_seen, before the {GRACE_MS} ms grace period",
+        gone_ms - last_seen
+    );
+    // Node 2 vouched for him five times per grace period until it died, so the earliest
+    // correct announcement is one heartbeat short of the grace period after the kill.
+    let heartbeat = Duration::from_millis(GRACE_MS / 5);
+    assert!(
+        gone_after + heartbeat + Duration::from_millis(100) >= Duration::from_millis(GRACE_MS),
+        "offline announced {gone_after:?} after the kill, before the grace period"
+    );
+    eprintln!("bob went offline {gone_after:?} after node 2 was killed");
+
+    // The registry forgets the dead node's entry by itself; REST presence agrees.
+    eventually("registry entry of the killed node expires", PRESENCE_BOUND, || {
+        let http = cluster.http(0);
+        let id = bob.id;
+        async move { registry(&http, id).await.is_empty().then_some(()) }
+    })
+    .await;
+    let seen = presence_of(&cluster.http(2), &alice, bob.id)
+        .await
+        .expect("presence query on n3");
+    assert!(!seen.online, "{seen:?}");
+    assert_eq!(registry(&cluster.http(2), alice.id).await, ["n1"]);
+
+    // Bob comes back on node 3: online again, registered there, typing still crosses.
+    let (mut bob_ws, _, _) = connect_synced(&urls[2], &bob.token, None)
+        .await
+        .expect("bob connects to n3");
+    let (_, back) = frames_until(&mut alice_ws, PRESENCE_BOUND, |f| match f {
+        ServerFrame::Presence(p) if p.user == bob.id => Some(p.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(back.online, "{back:?}");
+    assert_eq!(registry(&cluster.http(0), bob.id).await, ["n3"]);
+    typing(&mut bob_ws, conv, true).await;
+    let (_, t) = frames_until(&mut alice_ws, WAIT, typing_of).await;
+    assert_eq!((t.conv, t.user), (conv, bob.id), "{t:?}");
+}
+
+/// Scenario 3: a device offline while messages arrive (sent through nodes 1 and 3)
+/// reconnects to node 3 with its last position and gets everything once, in order, then
+/// `synced`, then live events, while another member keeps sending through the seam.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_device_resumes_on_another_node_exactly_once_then_live() {
+    let cluster = Cluster::start(&[]);
+    let urls = cluster.urls();
+    let alice = user(&cluster.http(0), "alice").await;
+    let bob = user(&cluster.http(1), "bob").await;
+    let carol = user(&cluster.http(2), "carol").await;
+    let dave = user(&cluster.http(0), "dave").await;
+    let direct = cluster
+        .http(0)
+        .open_direct(&alice.token, bob.id)
+        .await
+        .expect("open direct")
+        .id;
+    let room = cluster
+        .http(2)
+        .create_group(&carol.token, "room", &[alice.id, bob.id])
+        .await
+        .expect("create group")
+        .id;
+    let batch = |who: &str, convs: &[Id], from: usize, n: usize| -> Vec<Outgoing> {
+        (from..from + n)
+            .map(|k| Outgoing {
+                conv: convs[k % convs.len()],
+                cid: format!("{who}-{k}"),
+                text: format!("{who} message {k}"),
+            })
+            .collect()
+    };
+
+    let (mut alice_ws, _, _) = connect_synced(&urls[0], &alice.token, None)
+        .await
+        .expect("alice on n1");
+    let (mut carol_ws, _, _) = connect_synced(&urls[2], &carol.token, None)
+        .await
+        .expect("carol on n3");
+
+    // Bob is online on node 2 for the first few messages, then goes away.
+    let (mut bob_ws, _, _) = connect_synced(&urls[1], &bob.token, None)
+        .await
+        .expect("bob on n2");
+    let mut seen = Vec::new();
+    pipeline(&mut alice_ws, &batch("alice", &[room, direct], 0, 4), 4, &mut seen).await;
+    let mut bob_stream: Vec<ServerFrame> = Vec::new();
+    let mut last_pos = 0u64;
+    while bob_stream
+        .iter()
+        .filter(|f| matches!(f, ServerFrame::Message(_)))
+        .count()
+        < 4
+    {
+        let frame = bob_ws.next_frame(WAIT).await.expect("bob's live events");
+        if let Some(pos) = pos_of(&frame) {
+            last_pos = pos;
+            bob_stream.push(frame);
+        }
+    }
+    bob_ws.close().await.expect("bob disconnects");
+
+    // While he is away: messages through nodes 1 and 3, and a membership change.
+    let mut acks: HashMap<String, Ack> = HashMap::new();
+    acks.extend(pipeline(&mut alice_ws, &batch("alice", &[room, direct], 4, 40), 8, &mut seen).await);
+    acks.extend(pipeline(&mut carol_ws, &batch("carol", &[room], 0, 40), 8, &mut seen).await);
+    cluster
+        .http(2)
+        .add_member(&carol.token, room, dave.id)
+        .await
+        .expect("add dave");
+
+    // Bob reconnects to node 3 while Alice keeps sending through node 1.
+    let seam = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let acks = pipeline(&mut alice_ws, &batch("alice", &[room, direct], 44, 40), 4, &mut seen).await;
+        (alice_ws, acks)
+    });
+    let mut ws = WsClient::connect(&urls[2], None, &bob.token, Some(Id(last_pos)))
+        .await
+        .expect("bob reconnects to n3");
+    let (backlog, synced) = ws.wait_synced(WAIT).await.expect("bob's sync");
+    let (_alice_ws, seam_acks) = seam.await.expect("seam sender");
+    acks.extend(seam_acks);
+
+    // The backlog: state events after `since`, in increasing position, up to `synced`.
+    let positions: Vec<u64> = backlog.iter().filter_map(pos_of).collect();
+    assert_eq!(
+        positions.len(),
+        backlog
+            .iter()
+            .filter(|f| !matches!(f, ServerFrame::Presence(_) | ServerFrame::Typing(_)))
+            .count(),
+        "unexpected frames in the backlog: {backlog:?}"
+    );
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "backlog out of position order: {positions:?}"
+    );
+    assert!(
+        positions.iter().all(|&p| p > last_pos && p <= synced.0),
+        "backlog outside ({last_pos}, {}]: {positions:?}",
+        synced.0
+    );
+    assert!(
+        backlog.iter().any(|f| matches!(
+            f,
+            ServerFrame::Member(m) if m.user == dave.id && m.change == MemberChange::Added
+        )),
+        "dave's membership change is missing from the backlog"
+    );
+    bob_stream.extend(backlog);
+
+    // Then live events, all after `synced`, until Bob has every message.
+    let histories: HashMap<Id, Vec<MessageView>> = HashMap::from([
+        (room, history(&cluster.http(0), &alice.token, room).await),
+        (direct, history(&cluster.http(0), &alice.token, direct).await),
+    ]);
+    let total: usize = histories.values().map(Vec::len).sum();
+    assert_eq!(total, 124, "every acknowledged message is stored");
+    let count = |s: &[ServerFrame]| s.iter().filter(|f| matches!(f, ServerFrame::Message(_))).count();
+    while count(&bob_stream) < total {
+        let frame = ws.next_frame(WAIT).await.unwrap_or_else(|e| {
+            panic!("bob has {} of {total} messages: {e}", count(&bob_stream))
+        });
+        if let Some(pos) = pos_of(&frame) {
+            assert!(pos > synced.0, "live event at {pos}, not after synced {}", synced.0);
+            bob_stream.push(frame);
+        }
+    }
+
+    for (conv, h) in &histories {
+        check_history(&format!("{conv}"), h);
+        let seqs: Vec<u64> = bob_stream
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Message(m) if m.message.conv == *conv => Some(m.message.seq),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<u64> = (1..=h.len() as u64).collect();
+        assert_eq!(seqs, want, "bob's stream of {conv}: once each, in order");
+    }
+    for (cid, ack) in &acks {
+        let m = &histories[&ack.conv][(ack.seq - 1) as usize];
+        assert_eq!((m.id, m.cid.as_deref()), (ack.id, Some(cid.as_str())), "{cid}");
+    }
+    // A message after the catch-up still arrives live.
+    let mut carol_seen = Vec::new();
+    pipeline(&mut carol_ws, &batch("carol", &[room], 40, 1), 1, &mut carol_seen).await;
+    let (_, last) = frames_until(&mut ws, WAIT, |f| match f {
+        ServerFrame::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (last.message.conv, last.message.seq, last.message.cid.as_deref()),
+        (room, histories[&room].len() as u64 + 1, Some("carol-40"))
+    );
+}
+
+/// Scenario 4: SIGKILL a chat node while senders on all three nodes pipeline; its devices
+/// reconnect elsewhere with their last position and resend what was not acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_chat_node_mid_traffic_loses_and_duplicates_nothing() {
+    let mut cluster = Cluster::start(&[]);
+    let urls = cluster.urls();
+    let a = user(&cluster.http(0), "a").await;
+    let b = user(&cluster.http(1), "b").await;
+    let c = user(&cluster.http(2), "c").await;
+    let d = user(&cluster.http(1), "d").await;
+    let c_tablet = device_of(&cluster, 1, &c, "tablet").await;
+    let room = cluster
+        .http(0)
+        .create_group(&a.token, "room", &[b.id, c.id, d.id])
+        .await
+        .expect("create group")
+        .id;
+    let direct = cluster
+        .http(1)
+        .open_direct(&b.token, a.id)
+        .await
+        .expect("open direct")
+        .id;
+
+    let mut control = Control::default();
+    let plan = |send_to: Vec<Id>, member_of: Vec<Id>| Plan {
+        send_to,
+        member_of,
+        window: 8,
+        reconnect: true,
+    };
+    // Node 2 (index 1) holds b, d and c's tablet.
+    let devices = vec![
+        (Device::connect("a", &a, &urls, 0).await, plan(vec![room, direct], vec![room, direct])),
+        (Device::connect("b", &b, &urls, 1).await, plan(vec![direct, room], vec![room, direct])),
+        (Device::connect("c", &c, &urls, 2).await, plan(vec![room], vec![room])),
+        (Device::connect("d", &d, &urls, 1).await, plan(vec![room], vec![room])),
+        (Device::connect("c-tablet", &c_tablet, &urls, 1).await, plan(vec![], vec![room])),
+    ];
+    let progress: Vec<_> = devices.iter().map(|(d, _)| d.progress()).collect();
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|(d, p)| d.spawn(p, Arc::clone(&urls), &control))
+        .collect();
+
+    until_progress("before the kill", &progress, |acked| {
+        acked[..4].iter().all(|&n| n >= 40)
+    })
+    .await;
+    cluster.kill(1);
+    let at_kill: Vec<usize> = progress
+        .iter()
+        .map(|p| p.acked.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    // Everyone keeps sending; node 2's devices only after they moved.
+    until_progress("after the kill", &progress, |acked| {
+        acked[..4].iter().zip(&at_kill).all(|(&n, &k)| n >= k + 40)
+    })
+    .await;
+    let (devices, histories) = finish(
+        &mut control,
+        tasks,
+        &cluster.http(0),
+        &[(room, &a), (direct, &a)],
+    )
+    .await;
+
+    for (conv, h) in &histories {
+        check_history(&format!("{conv}"), h);
+    }
+    check_acks(&devices, &histories);
+    for dev in &devices {
+        assert!(dev.breaks.is_empty(), "{}: {:?}", dev.label, dev.breaks);
+        let moved = ["b", "d", "c-tablet"].contains(&dev.label.as_str());
+        assert_eq!(
+            dev.connections.len(),
+            if moved { 2 } else { 1 },
+            "{}: connections {:?}",
+            dev.label,
+            dev.connections
+        );
+        if moved {
+            assert_ne!(dev.connections[1].node, 1, "{}", dev.label);
+        }
+        let convs: &[Id] = if ["a", "b"].contains(&dev.label.as_str()) {
+            &[room, direct]
+        } else {
+            &[room]
+        };
+        for &conv in convs {
+            check_stream(dev, conv, &histories[&conv]);
+        }
+        eprintln!(
+            "{}: {} sent, {} resent after reconnecting, {} received ({} from sync)",
+            dev.label,
+            dev.sent.len(),
+            dev.resent.len(),
+            dev.received.len(),
+            dev.received.iter().filter(|r| r.backlog).count()
+        );
+    }
+}
+
+/// Scenario 5: SIGKILL one of the three NATS servers (the meta leader) during traffic,
+/// then restart it: nothing acknowledged is lost or doubled, it rejoins, and traffic
+/// keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_nats_server_mid_traffic_loses_nothing_and_it_rejoins() {
+    let cluster = Cluster::start(&[]);
+    let urls = cluster.urls();
+    let a = user(&cluster.http(0), "a").await;
+    let b = user(&cluster.http(1), "b").await;
+    let c = user(&cluster.http(2), "c").await;
+    let room = cluster
+        .http(2)
+        .create_group(&c.token, "room", &[a.id, b.id])
+        .await
+        .expect("create group")
+        .id;
+    let direct = cluster
+        .http(0)
+        .open_direct(&a.token, b.id)
+        .await
+        .expect("open direct")
+        .id;
+
+    let mut control = Control::default();
+    let plan = |send_to: Vec<Id>, member_of: Vec<Id>| Plan {
+        send_to,
+        member_of,
+        window: 8,
+        reconnect: false,
+    };
+    let devices = vec![
+        (Device::connect("a", &a, &urls, 0).await, plan(vec![room, direct], vec![room, direct])),
+        (Device::connect("b", &b, &urls, 1).await, plan(vec![direct, room], vec![room, direct])),
+        (Device::connect("c", &c, &urls, 2).await, plan(vec![room], vec![room])),
+    ];
+    let progress: Vec<_> = devices.iter().map(|(d, _)| d.progress()).collect();
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|(d, p)| d.spawn(p, Arc::clone(&urls), &control))
+        .collect();
+    let acked_now = || -> Vec<usize> {
+        progress
+            .iter()
+            .map(|p| p.acked.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    };
+
+    until_progress("before the kill", &progress, |acked| acked.iter().all(|&n| n >= 30)).await;
+    let nats = &cluster.engines.nats;
+    let victim = tokio::task::block_in_place(|| nats.meta_leader_index()).expect("a meta leader");
+    tokio::task::block_in_place(|| nats.kill(victim)).expect("kill a NATS server");
+    let at_kill = acked_now();
+    until_progress("with a NATS server down", &progress, |acked| {
+        acked.iter().zip(&at_kill).all(|(&n, &k)| n >= k + 40)
+    })
+    .await;
+
+    tokio::task::block_in_place(|| nats.start(victim)).expect("restart the NATS server");
+    // It is routed to both others, a meta leader exists, and it hosts its replica of
+    // the events stream again.
+    let routes = tokio::task::block_in_place(|| nats.monitor(victim, "/routez"))
+        .expect("/routez")["num_routes"]
+        .as_u64();
+    assert_eq!(routes, Some(2), "routes of the restarted server");
+    assert!(tokio::task::block_in_place(|| nats.meta_leader()).is_some());
+    eventually("the restarted server hosts the events stream", WAIT, || async {
+        let jsz = tokio::task::block_in_place(|| nats.monitor(victim, "/jsz")).ok()?;
+        (jsz["streams"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    let at_restart = acked_now();
+    until_progress("after the restart", &progress, |acked| {
+        acked.iter().zip(&at_restart).all(|(&n, &k)| n >= k + 40)
+    })
+    .await;
+
+    let (devices, histories) = finish(
+        &mut control,
+        tasks,
+        &cluster.http(1),
+        &[(room, &a), (direct, &a)],
+    )
+    .await;
+    for (conv, h) in &histories {
+        check_history(&format!("{conv}"), h);
+    }
+    check_acks(&devices, &histories);
+    for dev in &devices {
+        assert!(dev.breaks.is_empty(), "{}: {:?}", dev.label, dev.breaks);
+        let convs: &[Id] = if dev.label == "c" { &[room] } else { &[room, direct] };
+        for &conv in convs {
+            check_stream(dev, conv, &histories[&conv]);
+            check_sender_order(dev, conv);
+        }
+    }
+}
+
+/// Scenario 6: Redis goes away and comes back empty. Messages keep flowing throughout;
+/// presence and the registry rebuild themselves from the nodes' heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarting_empty_rebuilds_presence_and_loses_no_message() {
+    let cluster = Cluster::start(&PRESENCE_ENV);
+    let urls = cluster.urls();
+    let a = user(&cluster.http(0), "a").await;
+    let b = user(&cluster.http(1), "b").await;
+    let c = user(&cluster.http(2), "c").await;
+    let room = cluster
+        .http(0)
+        .create_group(&a.token, "room", &[b.id, c.id])
+        .await
+        .expect("create group")
+        .id;
+    // REST sends go to a conversation of their own, so the devices' records stay exact.
+    let side = cluster
+        .http(0)
+        .create_group(&a.token, "side", &[c.id])
+        .await
+        .expect("create side group")
+        .id;
+
+    let mut control = Control::default();
+    let plan = || Plan {
+        send_to: vec![room],
+        member_of: vec![room],
+        window: 8,
+        reconnect: false,
+    };
+    let users = [&a, &b, &c];
+    let mut devices = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        devices.push(Device::connect(&format!("u{i}"), u, &urls, i).await);
+    }
+    for (i, u) in users.iter().enumerate() {
+        let http = cluster.http((i + 1) % 3);
+        let id = u.id;
+        let asker = a.clone();
+        eventually("everyone online before the restart", PRESENCE_BOUND, || {
+            let http = http.clone();
+            let asker = asker.clone();
+            async move { presence_of(&http, &asker, id).await.ok()?.online.then_some(()) }
+        })
+        .await;
+        assert_eq!(registry(&cluster.http(0), u.id).await, [NODE_NAMES[i]]);
+    }
+    let progress: Vec<_> = devices.iter().map(Device::progress).collect();
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .map(|d| d.spawn(plan(), Arc::clone(&urls), &control))
+        .collect();
+    until_progress("before the outage", &progress, |acked| acked.iter().all(|&n| n >= 20)).await;
+
+    let redis = &cluster.engines.redis;
+    tokio::task::block_in_place(|| redis.kill()).expect("kill redis");
+    let at_kill: Vec<usize> = progress
+        .iter()
+        .map(|p| p.acked.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    // While Redis is away: presence says it cannot answer, readiness names Redis, and
+    // messages (WebSocket and REST, whose rate limit fails open) and new connections
+    // keep working.
+    let err = presence_of(&cluster.http(0), &a, b.id).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(503), Some(ErrorCode::Unavailable)),
+        "presence without Redis: {err}"
+    );
+    let (status, ready) = readyz(&cluster.http(1)).await;
+    assert_eq!(status, 503, "{ready:?}");
+    assert_ne!(ready.engines.get("redis").map(String::as_str), Some("ok"), "{ready:?}");
+    assert_eq!(ready.engines.get("store").map(String::as_str), Some("ok"), "{ready:?}");
+    let mut rest_acks = Vec::new();
+    for k in 0..3 {
+        let ack = cluster
+            .http(2)
+            .send(&c.token, side, Some(&format!("rest-{k}")), "sent while Redis is down")
+            .await
+            .expect("REST send without Redis");
+        rest_acks.push(ack);
+    }
+    let (mut late, _, _) = connect_synced(&urls[2], &a.token, None)
+        .await
+        .expect("a new connection without Redis");
+    until_progress("while Redis is down", &progress, |acked| {
+        acked.iter().zip(&at_kill).all(|(&n, &k)| n >= k + 30)
+    })
+    .await;
+
+    tokio::task::block_in_place(|| redis.start()).expect("start redis (empty)");
+    // Within a heartbeat or so every connected user is back, on the right node.
+    for (i, u) in users.iter().enumerate() {
+        let http = cluster.http((i + 2) % 3);
+        let id = u.id;
+        let asker = b.clone();
+        eventually("presence rebuilt after the restart", PRESENCE_BOUND, || {
+            let http = http.clone();
+            let asker = asker.clone();
+            async move { presence_of(&http, &asker, id).await.ok()?.online.then_some(()) }
+        })
+        .await;
+        let want: Vec<String> = if i == 0 {
+            // a also has the connection opened on node 3 during the outage.
+            vec!["n1".into(), "n3".into()]
+        } else {
+            vec![NODE_NAMES[i].to_owned()]
+        };
+        eventually("registry rebuilt after the restart", PRESENCE_BOUND, || {
+            let http = cluster.http(0);
+            let want = want.clone();
+            let id = u.id;
+            async move { (registry(&http, id).await == want).then_some(()) }
+        })
+        .await;
+    }
+    eventually("ready again", WAIT, || async {
+        (readyz(&cluster.http(1)).await.0 == 200).then_some(())
+    })
+    .await;
+    let at_back: Vec<usize> = progress
+        .iter()
+        .map(|p| p.acked.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    until_progress("after the restart", &progress, |acked| {
+        acked.iter().zip(&at_back).all(|(&n, &k)| n >= k + 30)
+    })
+    .await;
+
+    let (devices, histories) = finish(&mut control, tasks, &cluster.http(2), &[(room, &a)]).await;
+    check_history("room", &histories[&room]);
+    check_acks(&devices, &histories);
+    for dev in &devices {
+        assert!(dev.breaks.is_empty(), "{}: {:?}", dev.label, dev.breaks);
+        check_stream(dev, room, &histories[&room]);
+        check_sender_order(dev, room);
+    }
+    let side_history = history(&cluster.http(0), &a.token, side).await;
+    check_history("side", &side_history);
+    let stored: Vec<(Id, u64)> = side_history.iter().map(|m| (m.id, m.seq)).collect();
+    let acked: Vec<(Id, u64)> = rest_acks.iter().map(|a| (a.id, a.seq)).collect();
+    assert_eq!(stored, acked, "REST sends made while Redis was down");
+    // The connection opened during the outage got the side messages' successors live.
+    let _ = late.close().await;
+}
+
+/// Scenario 7: PostgreSQL stops for a while. Sends answer `unavailable` (503 over
+/// REST), nothing unstored is acknowledged, `/readyz` names the store, and once it is
+/// back the same nodes serve again by themselves; retries with the same cid store each
+/// message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_answers_unavailable_and_service_resumes_by_itself() {
+    let cluster = Cluster::start(&[]);
+    let urls = cluster.urls();
+    let alice = user(&cluster.http(0), "alice").await;
+    let bob = user(&cluster.http(1), "bob").await;
+    let conv = cluster
+        .http(0)
+        .open_direct(&alice.token, bob.id)
+        .await
+        .expect("open direct")
+        .id;
+    let (mut alice_ws, _, _) = connect_synced(&urls[0], &alice.token, None)
+        .await
+        .expect("alice on n1");
+    let (mut bob_ws, _, _) = connect_synced(&urls[1], &bob.token, None)
+        .await
+        .expect("bob on n2");
+    let mut acks: HashMap<String, Ack> = HashMap::new();
+    let mut seen = Vec::new();
+    let before = Outgoing {
+        conv,
+        cid: "before".into(),
+        text: "before the outage".into(),
+    };
+    acks.extend(pipeline(&mut alice_ws, &[before], 1, &mut seen).await);
+
+    let pg = &cluster.engines.postgres;
+    tokio::task::block_in_place(|| pg.stop()).expect("stop PostgreSQL");
+
+    // WebSocket sends: each answered by `unavailable` for its cid (or, if it made it in
+    // before the stop, an ack, which is then checked against history).
+    let down: Vec<String> = (0..3).map(|k| format!("down-{k}")).collect();
+    for cid in &down {
+        alice_ws
+            .send_message(conv, cid, &format!("{cid} text"))
+            .await
+            .expect("send frame");
+    }
+    let mut failed: Vec<String> = Vec::new();
+    while failed.len() + down.iter().filter(|c| acks.contains_key(*c)).count() < down.len() {
+        match alice_ws.next_frame(WAIT).await.expect("answer during the outage") {
+            ServerFrame::Error(e) => {
+                assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+                assert!(!e.message.trim().is_empty(), "{e:?}");
+                let cid = e.cid.clone().expect("the error names its send");
+                assert!(down.contains(&cid), "{e:?}");
+                failed.push(cid);
+            }
+            ServerFrame::Ack(a) => {
+                acks.insert(a.cid.clone(), a);
+            }
+            _ => {}
+        }
+    }
+    assert!(!failed.is_empty(), "no send failed with the store stopped: {acks:?}");
+    // REST: 503 with the same code.
+    let err = cluster
+        .http(1)
+        .send(&bob.token, conv, Some("rest-down"), "over REST")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(503), Some(ErrorCode::Unavailable)),
+        "{err}"
+    );
+    // Every node's readiness names the store.
+    for node in 0..3 {
+        let (status, ready) = readyz(&cluster.http(node)).await;
+        assert_eq!(status, 503, "{}: {ready:?}", NODE_NAMES[node]);
+        assert_ne!(ready.engines.get("store").map(String::as_str), Some("ok"), "{ready:?}");
+    }
+
+    tokio::task::block_in_place(|| pg.start()).expect("start PostgreSQL");
+
+    // Retries with the same cids succeed once the nodes reconnect by themselves.
+    let deadline = Instant::now() + WAIT;
+    for cid in &failed {
+        loop {
+            alice_ws
+                .send_message(conv, cid, &format!("{cid} text"))
+                .await
+                .expect("resend frame");
+            let answer = alice_ws
+                .wait_for(WAIT, |f| match f {
+                    ServerFrame::Ack(a) if &a.cid == cid => Some(Ok(a.clone())),
+                    ServerFrame::Error(e) if e.cid.as_ref() == Some(cid) => Some(Err(e.clone())),
+                    _ => None,
+                })
+                .await
+                .expect("answer to a retry");
+            match answer {
+                Ok(a) => {
+                    acks.insert(a.cid.clone(), a);
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+                    assert!(Instant::now() < deadline, "still unavailable: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    let rest_ack = loop {
+        match cluster
+            .http(1)
+            .send(&bob.token, conv, Some("rest-down"), "over REST")
+            .await
+        {
+            Ok(a) => break a,
+            Err(e @ ClientError::Api { status: 503, .. }) => {
+                assert!(Instant::now() < deadline, "REST still unavailable: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("REST retry: {e}"),
+        }
+    };
+    for node in 0..3 {
+        let http = cluster.http(node);
+        eventually("ready again", WAIT, || {
+            let http = http.clone();
+            async move { (readyz(&http).await.0 == 200).then_some(()) }
+        })
+        .await;
+    }
+
+    // Every acknowledged message is stored once; nothing else is.
+    let h = history(&cluster.http(2), &alice.token, conv).await;
+    check_history("direct", &h);
+    let mut want: HashSet<String> = acks.keys().cloned().collect();
+    want.insert("rest-down".into());
+    let got: HashSet<String> = h.iter().filter_map(|m| m.cid.clone()).collect();
+    assert_eq!(got, want, "stored cids");
+    assert_eq!(h.len(), 1 + down.len() + 1);
+    for a in acks.values().chain([&rest_ack]) {
+        let m = &h[(a.seq - 1) as usize];
+        assert_eq!((m.id, m.cid.as_deref()), (a.id, Some(a.cid.as_str())));
+    }
+    // Bob, connected to node 2 throughout, got each message once, in order.
+    let mut bob_seqs = Vec::new();
+    while bob_seqs.len() < h.len() {
+        let frame = bob_ws
+            .next_frame(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("bob has seqs {bob_seqs:?} of {}: {e}", h.len()));
+        if let ServerFrame::Message(m) = frame {
+            bob_seqs.push(m.message.seq);
+        }
+    }
+    assert_eq!(bob_seqs, (1..=h.len() as u64).collect::<Vec<_>>());
+}
