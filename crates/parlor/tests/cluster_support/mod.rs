@@ -309,6 +309,8 @@ pub struct Device {
     /// cids resent after a reconnect.
     pub resent: Vec<String>,
     pub errors: Vec<ErrorFrame>,
+    /// How each connection ended, when it ended before the device was done.
+    pub disconnects: Vec<String>,
     /// Connection breaks on a device that must not reconnect, and failures to reconnect.
     pub breaks: Vec<String>,
     /// Set when the device gave up waiting for messages.
@@ -345,6 +347,7 @@ impl Device {
             extra_acks: Vec::new(),
             resent: Vec::new(),
             errors: Vec::new(),
+            disconnects: Vec::new(),
             breaks: Vec::new(),
             gave_up: None,
             ws: Some(ws),
@@ -445,19 +448,21 @@ impl Device {
                     }
                     Ok(WsEvent::Closed { code, reason }) => {
                         broken = true;
-                        self.breaks
-                            .push(format!("closed by the server ({code:?}): {reason}"));
+                        self.disconnects.push(format!("closed ({code:?}): {reason}"));
                     }
                     Err(ClientError::Timeout) => {}
-                    Err(ClientError::Closed { .. } | ClientError::Transport(_)) => broken = true,
+                    Err(e @ (ClientError::Closed { .. } | ClientError::Transport(_))) => {
+                        broken = true;
+                        self.disconnects.push(e.to_string());
+                    }
                     Err(e) => panic!("{}: unexpected client error: {e}", self.label),
                 }
             }
             if broken {
                 if !plan.reconnect {
                     self.breaks.push(format!(
-                        "connection to {} broke on a device that does not reconnect",
-                        NODE_NAMES[self.node]
+                        "connection to {} broke on a device that does not reconnect: {:?}",
+                        NODE_NAMES[self.node], self.disconnects
                     ));
                     return self.finish(settled, &done);
                 }
