@@ -55,14 +55,6 @@ pub fn message_text(text: &str, max_bytes: usize) -> Result<()> {
     if text.trim().is_empty() {
         return Err(Error::new(ErrorCode::EmptyMessage, "message text is empty"));
     }
-    // Meaningless in chat, and PostgreSQL's text type cannot store it: refusing it in
-    // the domain keeps both stores answering the same.
-    if text.contains('\0') {
-        return Err(Error::new(
-            ErrorCode::BadRequest,
-            "message text must not contain NUL (U+0000)",
-        ));
-    }
     Ok(())
 }
 
