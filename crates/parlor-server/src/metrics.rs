@@ -20,7 +20,7 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     pub errors: IntCounterVec,
     /// Cluster adapters' counters, copied into gauges at each scrape.
-    cluster: std::sync::OnceLock<(crate::backends::ClusterStats, [IntGauge; 4])>,
+    cluster: std::sync::OnceLock<(crate::backends::ClusterStats, [IntGauge; 6])>,
 }
 
 impl Metrics {
@@ -129,12 +129,14 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        if let Some((stats, [published, failures, gap, open])) = self.cluster.get() {
+        if let Some((stats, [published, failures, gap, open, hits, misses])) = self.cluster.get() {
             let now = stats();
             published.set(now.bus_published as i64);
             failures.set(now.bus_publish_failures as i64);
             gap.set(now.bus_gap_filled as i64);
             open.set(now.rate_limiter_failed_open as i64);
+            hits.set(now.recent_cache_hits as i64);
+            misses.set(now.recent_cache_misses as i64);
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
