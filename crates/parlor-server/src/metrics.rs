@@ -98,7 +98,8 @@ impl Metrics {
         self.errors.with_label_values(&[code.as_str()]).inc();
     }
 
-    /// Exports the cluster adapters' counters (bus and rate limiter) at each scrape.
+    /// Exports the cluster adapters' counters (bus, rate limiter, history cache) at each
+    /// scrape.
     pub fn watch_cluster(&self, stats: crate::backends::ClusterStats) {
         let gauge = |name: &str, help: &str| -> Option<IntGauge> {
             let g = IntGauge::new(name, help).ok()?;
@@ -122,9 +123,17 @@ impl Metrics {
                 "rate_limiter_failed_open_total",
                 "Rate-limit checks let through because Redis did not answer",
             ),
+            gauge(
+                "recent_cache_hits_total",
+                "Newest-history reads answered by the shared cache",
+            ),
+            gauge(
+                "recent_cache_misses_total",
+                "Newest-history reads the shared cache could not answer",
+            ),
         );
-        if let (Some(a), Some(b), Some(c), Some(d)) = gauges {
-            let _ = self.cluster.set((stats, [a, b, c, d]));
+        if let (Some(a), Some(b), Some(c), Some(d), Some(e), Some(f)) = gauges {
+            let _ = self.cluster.set((stats, [a, b, c, d, e, f]));
         }
     }
 
