@@ -246,7 +246,7 @@ async fn load_sources(
                     conv,
                     seq,
                     id: id_at(&r, 6),
-                    text: r.get(7),
+                    text: text_at(&r, 7),
                     edited_at: r.get::<_, Option<i64>>(8).unwrap_or(r.get(5)),
                     by: id_at(&r, 4),
                 })

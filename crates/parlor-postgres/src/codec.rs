@@ -99,7 +99,7 @@ pub fn message_view(row: &Row, start: usize) -> MessageView {
         seq: row.get::<_, i64>(start + 1) as u64,
         id: id_at(row, start + 2),
         sender: id_at(row, start + 3),
-        text: row.get(start + 4),
+        text: text_at(row, start + 4),
         ts: row.get(start + 5),
         cid: row.get(start + 6),
         reply_to: row.get::<_, Option<i64>>(start + 8).map(|r| r as u64),
@@ -112,6 +112,11 @@ pub fn message_view(row: &Row, start: usize) -> MessageView {
         edited_at: row.get(start + 11),
         deleted: row.get(start + 12),
     }
+}
+
+/// Message texts are stored as UTF-8 bytes (`bytea`: text cannot hold NUL).
+pub fn text_at(row: &Row, index: usize) -> String {
+    String::from_utf8_lossy(row.get::<_, &[u8]>(index)).into_owned()
 }
 
 /// The position of a message row read with [`MESSAGE_COLUMNS`] at `start`.

@@ -11,7 +11,13 @@ use tokio_postgres::error::SqlState;
 
 /// Logs a failed statement and maps it to `unavailable`.
 pub fn db_err(e: tokio_postgres::Error) -> Error {
-    if is_connection_error(&e) {
+    if let Some(db) = e.as_db_error() {
+        tracing::error!(
+            code = db.code().code(),
+            error = db.message(),
+            "postgres statement failed"
+        );
+    } else if is_connection_error(&e) {
         tracing::warn!(error = %e, "postgres unreachable");
     } else {
         tracing::error!(error = %e, "postgres statement failed");

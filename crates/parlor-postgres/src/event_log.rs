@@ -23,16 +23,14 @@ pub const RETENTION: Duration = Duration::from_secs(3600);
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The stored form of an event: the core's wire form (`Event::encode`, JSON, the same
-/// bytes that cross between nodes), kept as `jsonb` so that it can be inspected.
-pub fn encode(event: &Event) -> Result<String> {
-    String::from_utf8(event.encode()).map_err(|e| {
-        tracing::error!(error = %e, "cannot encode an event for the log");
-        Error::internal()
-    })
+/// bytes that cross between nodes). Stored as `bytea`: `jsonb` refuses `\u0000`, which a
+/// message may contain.
+pub fn encode(event: &Event) -> Vec<u8> {
+    event.encode()
 }
 
-pub fn decode(pos: u64, body: &str) -> Result<Event> {
-    let mut event = Event::decode(body.as_bytes()).map_err(|e| {
+pub fn decode(pos: u64, body: &[u8]) -> Result<Event> {
+    let mut event = Event::decode(body).map_err(|e| {
         tracing::error!(error = %e, pos, "cannot decode a logged event");
         Error::internal()
     })?;
@@ -42,18 +40,18 @@ pub fn decode(pos: u64, body: &str) -> Result<Event> {
 
 /// Inserts the rows of [`columns`].
 pub const INSERT: &str = "INSERT INTO event_log (pos, conv_id, body)
-     SELECT v.pos, v.conv_id, v.body::jsonb
-     FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(pos, conv_id, body)";
+     SELECT v.pos, v.conv_id, v.body
+     FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS v(pos, conv_id, body)";
 
 /// Positions, conversations and bodies of `events`, as arrays for [`INSERT`].
-pub fn columns(events: &[Event]) -> Result<(Vec<i64>, Vec<i64>, Vec<String>)> {
+pub fn columns(events: &[Event]) -> Result<(Vec<i64>, Vec<i64>, Vec<Vec<u8>>)> {
     let mut positions = Vec::with_capacity(events.len());
     let mut convs = Vec::with_capacity(events.len());
     let mut bodies = Vec::with_capacity(events.len());
     for event in events {
         positions.push(clamp(event.pos));
         convs.push(event.conv().map_or(0, |c| c.0 as i64));
-        bodies.push(encode(event)?);
+        bodies.push(encode(event));
     }
     Ok((positions, convs, bodies))
 }
@@ -78,7 +76,7 @@ pub async fn scrub(tx: &deadpool_postgres::Transaction<'_>, positions: &[i64]) -
     }
     let rows = tx
         .query(
-            "SELECT pos, body::text FROM event_log WHERE pos = ANY($1) FOR UPDATE",
+            "SELECT pos, body FROM event_log WHERE pos = ANY($1) FOR UPDATE",
             &[&positions],
         )
         .await
@@ -98,8 +96,8 @@ pub async fn scrub(tx: &deadpool_postgres::Transaction<'_>, positions: &[i64]) -
             _ => continue,
         }
         tx.execute(
-            "UPDATE event_log SET body = $2::text::jsonb WHERE pos = $1",
-            &[&pos, &encode(&event)?],
+            "UPDATE event_log SET body = $2 WHERE pos = $1",
+            &[&pos, &encode(&event)],
         )
         .await
         .db()?;
@@ -113,7 +111,7 @@ pub async fn events_after(core: &Core, after: u64, limit: u32) -> Result<Vec<Eve
     let client = core.db.primary().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT pos, body::text FROM event_log
+            "SELECT pos, body FROM event_log
              WHERE pos > $1 AND pos <= (SELECT pos FROM parlor_head)
              ORDER BY pos LIMIT $2",
         )

@@ -212,7 +212,7 @@ pub async fn edit(
                 "UPDATE messages SET body = $3, edited_at = $4, tsv = $5::text::tsvector
                  WHERE conv_id = $1 AND seq = $2 RETURNING {MESSAGE_COLUMNS}"
             ),
-            &[&sql_id(conv), &clamp(seq), &text, &at, &tsv],
+            &[&sql_id(conv), &clamp(seq), &text.as_bytes(), &at, &tsv],
         )
         .await
         .db()?;
@@ -261,7 +261,7 @@ pub async fn delete(core: &Core, actor: UserId, conv: ConvId, seq: u64) -> Resul
     .await
     .db()?;
     tx.execute(
-        "UPDATE messages SET body = '', mentions = NULL, mention_all = false, reply_to = NULL,
+        "UPDATE messages SET body = ''::bytea, mentions = NULL, mention_all = false, reply_to = NULL,
                 deleted = true, tsv = NULL
          WHERE conv_id = $1 AND seq = $2",
         &[&sql_id(conv), &clamp(seq)],

@@ -104,7 +104,8 @@ fn initial(partitions: u32) -> String {
             pos bigint NOT NULL,
             sender bigint NOT NULL,
             cid text,
-            body text NOT NULL,
+            -- bytea, not text: a message may contain NUL, which text cannot hold.
+            body bytea NOT NULL,
             created_at bigint NOT NULL,
             reply_to bigint,
             mentions bigint[],
@@ -161,7 +162,8 @@ fn initial(partitions: u32) -> String {
             pos bigint PRIMARY KEY,
             conv_id bigint NOT NULL,
             logged_at timestamptz NOT NULL DEFAULT now(),
-            body jsonb NOT NULL
+            -- The core's event wire form (JSON bytes); not jsonb, which refuses \u0000.
+            body bytea NOT NULL
         );
         CREATE INDEX event_log_by_time ON event_log (logged_at);
         "#,

@@ -399,7 +399,7 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
         m_pos.push(clamp(pos));
         m_sender.push(sender);
         m_cid.push(m.cid.as_deref());
-        m_body.push(m.text.as_str());
+        m_body.push(m.text.as_bytes());
         m_reply.push(m.reply_to.map(clamp));
         m_mentions.push((!m.mentions.is_empty()).then(|| {
             m.mentions
@@ -467,7 +467,7 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
              SELECT v.conv_id, v.seq, v.id, v.pos, v.sender, v.cid, v.body, $12, v.reply_to,
                     string_to_array(v.mentions, ' ')::bigint[], v.mention_all, v.tsv::tsvector
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::text[], $7::text[], $8::bigint[], $9::text[], $10::bool[], $11::text[])
+                         $6::text[], $7::bytea[], $8::bigint[], $9::text[], $10::bool[], $11::text[])
                AS v(conv_id, seq, id, pos, sender, cid, body, reply_to, mentions, mention_all, tsv)",
         )
         .await?;

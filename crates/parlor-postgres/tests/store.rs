@@ -307,6 +307,23 @@ async fn membership_edits_deletes_and_search() {
         .append_message(msg(group, carol, None, "我在東京都 with a Café"))
         .await
         .expect("append");
+    let odd = "nul \u{0} inside, \u{7f} del, 'quotes' \\ and emoji 🎉";
+    let kept = s
+        .append_message(msg(group, bob, None, odd))
+        .await
+        .expect("append");
+    let page = s
+        .history(
+            bob,
+            group,
+            Page::After {
+                after: kept.seq - 1,
+                limit: 1,
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(page.messages[0].text, odd);
     let second = s
         .append_message(msg(group, alice, None, "deployment on friday"))
         .await
@@ -387,14 +404,14 @@ async fn membership_edits_deletes_and_search() {
         "{text}"
     );
     // Read markers and receipts.
-    assert_eq!(s.mark_read(bob, group, 2).await.expect("read"), 2);
-    assert_eq!(s.mark_read(bob, group, 1).await.expect("read"), 2);
+    assert_eq!(s.mark_read(bob, group, 3).await.expect("read"), 3);
+    assert_eq!(s.mark_read(bob, group, 1).await.expect("read"), 3);
     assert_eq!(
         s.mark_read(bob, group, 9).await.map_err(|e| e.code).err(),
         Some(ErrorCode::BadRequest)
     );
     let receipts = s.receipts(alice, group).await.expect("receipts");
-    assert_eq!(receipts.last_seq, 2);
+    assert_eq!(receipts.last_seq, 3);
     // The owner leaves: the admin takes over; carol is removed and keeps old history.
     s.change_membership(
         MembershipCommand::Leave {
@@ -433,7 +450,7 @@ async fn membership_edits_deletes_and_search() {
         .expect("history");
     assert_eq!(
         history.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![1, 2]
+        vec![1, 2, 3]
     );
     assert_eq!(
         s.append_message(msg(group, carol, None, "hi"))
@@ -455,7 +472,7 @@ async fn membership_edits_deletes_and_search() {
     assert!(s.conversations(carol).await.expect("list").is_empty());
     let convs = s.conversations(bob).await.expect("list");
     assert_eq!(convs.len(), 1);
-    assert_eq!(convs[0].last_seq, 3);
+    assert_eq!(convs[0].last_seq, 4);
     let contacts: HashSet<Id> = s
         .contacts(bob)
         .await
