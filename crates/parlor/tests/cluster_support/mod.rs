@@ -16,10 +16,10 @@ use crate::support::{User, WAIT};
 use parlor_client::proto::admin::UserNodes;
 use parlor_client::proto::rest::{MessageView, PresenceView, Readiness};
 use parlor_client::proto::ws::{Ack, ErrorFrame, MessageEvent, ServerFrame};
-use parlor_client::proto::Id;
+use parlor_client::proto::{ErrorCode, Id};
 use parlor_client::{ClientError, Http, WsClient, WsEvent};
 use parlor_testkit::{ClusterSpec, Engines, ServerOptions, TestServer};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -90,12 +90,7 @@ impl Cluster {
 
     /// Every node's base URL, by index; devices reconnect through these.
     pub fn urls(&self) -> Arc<Vec<String>> {
-        Arc::new(
-            self.nodes
-                .iter()
-                .map(|n| n.base_url().to_owned())
-                .collect(),
-        )
+        Arc::new(self.nodes.iter().map(|n| n.base_url().to_owned()).collect())
     }
 
     /// SIGKILL node `i`.
@@ -134,11 +129,7 @@ pub async fn readyz(http: &Http) -> (u16, Readiness) {
 }
 
 /// The REST presence of one user, as `asker` sees it.
-pub async fn presence_of(
-    http: &Http,
-    asker: &User,
-    user: Id,
-) -> Result<PresenceView, ClientError> {
+pub async fn presence_of(http: &Http, asker: &User, user: Id) -> Result<PresenceView, ClientError> {
     let list = http.presence(&asker.token, &[user]).await?;
     assert_eq!(list.presence.len(), 1, "{list:?}");
     Ok(list.presence[0].clone())
@@ -202,6 +193,9 @@ pub struct Plan {
     /// acknowledged) when the connection breaks; otherwise a break is recorded and ends
     /// the device.
     pub reconnect: bool,
+    /// Resend a send answered by `unavailable` (same cid, after a short pause) instead
+    /// of recording the error; for store outages.
+    pub retry_unavailable: bool,
 }
 
 /// One send as written to the socket (first attempt).
@@ -239,6 +233,8 @@ pub struct Progress {
     pub acked: AtomicUsize,
     /// Connections opened so far (1 + reconnects).
     pub connections: AtomicUsize,
+    /// `unavailable` answers retried so far.
+    pub unavailable: AtomicUsize,
 }
 
 /// What the test tells running devices.
@@ -308,6 +304,8 @@ pub struct Device {
     pub extra_acks: Vec<Ack>,
     /// cids resent after a reconnect.
     pub resent: Vec<String>,
+    /// `unavailable` answers that were retried (with [`Plan::retry_unavailable`]).
+    pub unavailable: Vec<ErrorFrame>,
     pub errors: Vec<ErrorFrame>,
     /// How each connection ended, when it ended before the device was done.
     pub disconnects: Vec<String>,
@@ -346,6 +344,7 @@ impl Device {
             acks: HashMap::new(),
             extra_acks: Vec::new(),
             resent: Vec::new(),
+            unavailable: Vec::new(),
             errors: Vec::new(),
             disconnects: Vec::new(),
             breaks: Vec::new(),
@@ -400,12 +399,28 @@ impl Device {
     ) -> Device {
         let mut k = 0usize;
         let mut failed: HashSet<String> = HashSet::new();
+        // Sends answered `unavailable`, to be resent at the given time.
+        let mut retry: VecDeque<(Instant, String)> = VecDeque::new();
         let mut settled = false;
         let mut last_progress = Instant::now();
         loop {
             let stopping = *stop.borrow();
             let mut broken = false;
-            if !stopping && !plan.send_to.is_empty() {
+            while retry.front().is_some_and(|(at, _)| *at <= Instant::now()) {
+                let (_, cid) = retry.pop_front().expect("a due retry");
+                let s = self
+                    .sent
+                    .iter()
+                    .find(|s| s.cid == cid)
+                    .cloned()
+                    .expect("a retried send was sent");
+                let ws = self.ws.as_mut().expect("connected");
+                if ws.send_message(s.conv, &s.cid, &s.text).await.is_err() {
+                    broken = true;
+                    break;
+                }
+            }
+            if !broken && !stopping && !plan.send_to.is_empty() {
                 while self.unsettled(&failed) < plan.window {
                     let conv = plan.send_to[k % plan.send_to.len()];
                     let sent = Sent {
@@ -442,13 +457,24 @@ impl Device {
             if !broken {
                 let ws = self.ws.as_mut().expect("connected");
                 match ws.next(Duration::from_millis(100)).await {
+                    Ok(WsEvent::Frame(ServerFrame::Error(e)))
+                        if plan.retry_unavailable && e.code == ErrorCode::Unavailable =>
+                    {
+                        last_progress = Instant::now();
+                        if let Some(cid) = e.cid.clone() {
+                            retry.push_back((Instant::now() + Duration::from_millis(200), cid));
+                        }
+                        self.unavailable.push(e);
+                        self.progress.unavailable.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(WsEvent::Frame(frame)) => {
                         last_progress = Instant::now();
                         self.handle(frame, false, &mut failed);
                     }
                     Ok(WsEvent::Closed { code, reason }) => {
                         broken = true;
-                        self.disconnects.push(format!("closed ({code:?}): {reason}"));
+                        self.disconnects
+                            .push(format!("closed ({code:?}): {reason}"));
                     }
                     Err(ClientError::Timeout) => {}
                     Err(e @ (ClientError::Closed { .. } | ClientError::Transport(_))) => {
@@ -466,6 +492,8 @@ impl Device {
                     ));
                     return self.finish(settled, &done);
                 }
+                // The reconnect resends everything without an ack, pending retries too.
+                retry.clear();
                 if let Err(e) = self.reconnect(&urls, &mut failed).await {
                     self.breaks.push(e);
                     return self.finish(settled, &done);
@@ -619,7 +647,11 @@ pub fn check_stream(device: &Device, conv: Id, history: &[MessageView]) {
             .filter(|(_, n)| **n > 1)
             .map(|(s, _)| *s)
             .collect();
-        let missing: Vec<u64> = want.iter().filter(|s| !seen.contains_key(s)).copied().collect();
+        let missing: Vec<u64> = want
+            .iter()
+            .filter(|s| !seen.contains_key(s))
+            .copied()
+            .collect();
         let out_of_order = seqs.windows(2).filter(|w| w[1] <= w[0]).count();
         panic!(
             "{} ({}): stream of {conv} is not seq 1..{}: {} events, duplicated {dup:?}, \
@@ -657,7 +689,12 @@ pub fn check_acks(devices: &[Device], histories: &HashMap<Id, Vec<MessageView>>)
     }
     let mut acked: HashSet<(Id, String)> = HashSet::new();
     for d in devices {
-        assert!(d.errors.is_empty(), "{}: error frames: {:?}", d.label, d.errors);
+        assert!(
+            d.errors.is_empty(),
+            "{}: error frames: {:?}",
+            d.label,
+            d.errors
+        );
         assert!(
             d.extra_acks.is_empty(),
             "{}: more than one ack for a cid: {:?}",
@@ -714,7 +751,11 @@ pub async fn finish(
 }
 
 /// Waits until `pred` holds for the devices' progress.
-pub async fn until_progress(what: &str, progress: &[Arc<Progress>], pred: impl Fn(&[usize]) -> bool) {
+pub async fn until_progress(
+    what: &str,
+    progress: &[Arc<Progress>],
+    pred: impl Fn(&[usize]) -> bool,
+) {
     let deadline = Instant::now() + WAIT * 2;
     loop {
         let acked: Vec<usize> = progress
@@ -729,5 +770,38 @@ pub async fn until_progress(what: &str, progress: &[Arc<Progress>], pred: impl F
             "{what}: traffic stalled, acks per device {acked:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The newest page of `conv` (no bound: served through the shared history cache in
+/// cluster mode) equals the tail of `history` on each of `nodes`, asked twice so that the
+/// second answer can come from the cache.
+pub async fn check_latest_page(
+    cluster: &Cluster,
+    nodes: &[usize],
+    token: &str,
+    conv: Id,
+    history: &[MessageView],
+) {
+    let tail = &history[history.len().saturating_sub(50)..];
+    for &node in nodes {
+        for round in 0..2 {
+            let page = cluster
+                .http(node)
+                .history(token, conv, None, None, None)
+                .await
+                .unwrap_or_else(|e| panic!("latest page of {conv} on {}: {e}", NODE_NAMES[node]));
+            assert_eq!(
+                page.messages, tail,
+                "latest page of {conv} on {} (read {round})",
+                NODE_NAMES[node]
+            );
+            assert_eq!(
+                page.has_more,
+                history.len() > 50,
+                "{conv} on {}",
+                NODE_NAMES[node]
+            );
+        }
     }
 }
