@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::*;
-use crate::ports::{Backlog, BoxFuture, Bus, Presence, Store};
+use crate::ports::{Backlog, BoxFuture, Bus, Presence, RecentCache, Store, RECENT_PAGE};
 use crate::{rules, search};
 use parlor_proto::rest::{
     Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView,
@@ -49,6 +49,9 @@ pub struct Chat {
     /// For ephemeral events (typing, presence) that are never stored.
     bus: Arc<dyn Bus>,
     limits: Limits,
+    /// Newest history pages shared by the nodes (cluster mode); none in embedded mode,
+    /// where the store's own page cache is as fast.
+    recent: Option<Arc<dyn RecentCache>>,
 }
 
 impl Chat {
@@ -63,7 +66,13 @@ impl Chat {
             presence,
             bus,
             limits,
+            recent: None,
         }
+    }
+
+    pub fn with_recent_cache(mut self, cache: Arc<dyn RecentCache>) -> Self {
+        self.recent = Some(cache);
+        self
     }
 
     pub fn limits(&self) -> &Limits {
@@ -95,7 +104,7 @@ impl Chat {
                 format!("at most {} mentions per message", rules::MAX_MENTIONS),
             ));
         }
-        Ok(self.store.append_message(NewMessage {
+        let appended = self.store.append_message(NewMessage {
             conv,
             sender,
             cid: draft.cid,
@@ -103,6 +112,18 @@ impl Chat {
             reply_to: draft.reply_to,
             mentions,
             mention_all: draft.mention_all,
+        });
+        let Some(cache) = self.recent.clone() else {
+            return Ok(appended);
+        };
+        // The cached page goes stale before the sender hears of the commit, so a
+        // history read after the ack always sees the message.
+        Ok(Box::pin(async move {
+            let appended = appended.await?;
+            if !appended.duplicate {
+                cache.bump(conv).await;
+            }
+            Ok(appended)
         }))
     }
 
@@ -114,11 +135,19 @@ impl Chat {
         text: String,
     ) -> Result<MessageView> {
         rules::message_text(&text, self.limits.max_text_bytes)?;
-        self.store.edit_message(actor, conv, seq, text).await
+        let view = self.store.edit_message(actor, conv, seq, text).await?;
+        if let Some(cache) = &self.recent {
+            cache.bump(conv).await;
+        }
+        Ok(view)
     }
 
     pub async fn delete(&self, actor: UserId, conv: ConvId, seq: u64) -> Result<()> {
-        self.store.delete_message(actor, conv, seq).await
+        self.store.delete_message(actor, conv, seq).await?;
+        if let Some(cache) = &self.recent {
+            cache.bump(conv).await;
+        }
+        Ok(())
     }
 
     pub async fn mark_delivered(&self, user: UserId, conv: ConvId, seq: u64) -> Result<u64> {
@@ -363,7 +392,48 @@ impl Chat {
                 ))
             }
         };
-        self.store.history(viewer, conv, page).await
+        match (page, &self.recent) {
+            (Page::Latest { limit }, Some(cache)) if limit <= RECENT_PAGE => {
+                self.recent_history(cache, viewer, conv, limit).await
+            }
+            _ => self.store.history(viewer, conv, page).await,
+        }
+    }
+
+    /// The newest page through the shared cache, for current members; anyone else (a
+    /// former member sees history up to when they left) asks the store.
+    async fn recent_history(
+        &self,
+        cache: &Arc<dyn RecentCache>,
+        viewer: UserId,
+        conv: ConvId,
+        limit: u32,
+    ) -> Result<History> {
+        if !self.store.members(conv).await?.contains(&viewer) {
+            return self
+                .store
+                .history(viewer, conv, Page::Latest { limit })
+                .await;
+        }
+        let full = match cache.get(conv).await {
+            Some(page) => page,
+            None => {
+                let version = cache.version(conv).await;
+                let page = self
+                    .store
+                    .history(viewer, conv, Page::Latest { limit: RECENT_PAGE })
+                    .await?;
+                if let Some(version) = version {
+                    cache.put(conv, version, &page).await;
+                }
+                page
+            }
+        };
+        let skip = full.messages.len().saturating_sub(limit as usize);
+        Ok(History {
+            has_more: full.has_more || skip > 0,
+            messages: full.messages[skip..].to_vec(),
+        })
     }
 
     pub async fn mark_read(&self, viewer: UserId, conv: ConvId, seq: u64) -> Result<u64> {

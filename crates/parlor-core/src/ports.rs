@@ -179,6 +179,28 @@ pub trait EventLog: Send + Sync + 'static {
     async fn head(&self) -> Result<u64>;
 }
 
+/// A cache of each conversation's newest history page, shared by the nodes of a cluster
+/// so that the most common history read (opening a conversation) skips the database.
+///
+/// Guarantee: `get` never returns a page older than the last `bump` that completed
+/// before it. Implementations get this with a version per conversation: `put` stores a
+/// page only if the version it was read under is still current. An implementation that
+/// cannot reach its engine answers `None`/does nothing (the store answers instead).
+#[async_trait]
+pub trait RecentCache: Send + Sync + 'static {
+    /// The newest page of `conv` (at most [`RECENT_PAGE`] messages), if cached
+    /// and current.
+    async fn get(&self, conv: ConvId) -> Option<History>;
+    /// The current version of `conv`, to read the store under and hand to `put`.
+    async fn version(&self, conv: ConvId) -> Option<u64>;
+    async fn put(&self, conv: ConvId, version: u64, page: &History);
+    /// `conv`'s messages changed (a send, edit or delete was committed).
+    async fn bump(&self, conv: ConvId);
+}
+
+/// Messages per cached page.
+pub const RECENT_PAGE: u32 = 50;
+
 /// Token-bucket rate limits keyed by strings such as `login:ip:127.0.0.1`.
 ///
 /// The embedded limiter counts per process; the Redis one counts across the cluster. A

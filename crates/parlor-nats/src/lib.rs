@@ -6,7 +6,10 @@
 //! - `publisher`: committed events to JetStream (one subject per conversation), ephemeral
 //!   ones (typing, presence, delivered) to plain NATS subjects.
 //! - `reorder`: puts what arrives back into position order and finds gaps.
-//! - `subscriber`: one ordered consumer per node, gap filling from the store's event log.
+//! - `subscriber`: one ordered consumer per node, gap filling from the store's event log
+//!   (and republishing what it filled, so that durable work sees it too).
+//! - [`durable`]: work queues shared by the nodes, for work that must survive a node
+//!   (at least once).
 //!
 //! # Guarantees
 //! - Committed events (position > 0) reach every node's subscriber exactly once each, in
@@ -18,6 +21,7 @@
 //! - Nothing here acknowledges a message to a sender; the store's commit does. Losing
 //!   the broker delays delivery (gap filling polls the store), it never loses data.
 
+pub mod durable;
 pub mod options;
 mod publisher;
 mod reorder;
@@ -77,7 +81,7 @@ pub struct NatsBus {
     client: async_nats::Client,
     js: jetstream::Context,
     names: Names,
-    outgoing: mpsc::UnboundedSender<Arc<[Event]>>,
+    outgoing: mpsc::UnboundedSender<publisher::Outgoing>,
     /// Set once the store exists (the store needs the bus first); read by subscribers.
     log: Arc<OnceLock<Arc<dyn EventLog>>>,
     stats: Arc<BusStats>,
@@ -120,6 +124,16 @@ impl NatsBus {
         &self.stats
     }
 
+    /// Binds (creating it if needed) the work queue `work`, shared by every node that
+    /// binds the same name; see [`durable`].
+    pub async fn work_queue(
+        &self,
+        work: &str,
+        ack_wait: std::time::Duration,
+    ) -> anyhow::Result<durable::WorkQueue> {
+        durable::bind(&self.js, &self.names, work, ack_wait).await
+    }
+
     /// A round trip to the server and a look at the stream.
     pub async fn ping(&self) -> anyhow::Result<()> {
         tokio::time::timeout(std::time::Duration::from_secs(2), async {
@@ -136,7 +150,7 @@ impl Bus for NatsBus {
     fn publish(&self, events: Arc<[Event]>) {
         // The publisher task lives as long as the process; a send can only fail during
         // shutdown, when nothing needs delivering any more.
-        let _ = self.outgoing.send(events);
+        let _ = self.outgoing.send(publisher::Outgoing::Commit(events));
     }
 
     fn subscribe(&self) -> BoxStream<'static, Arc<[Event]>> {
@@ -147,6 +161,7 @@ impl Bus for NatsBus {
             self.names.clone(),
             Arc::clone(&self.log),
             tx,
+            self.outgoing.clone(),
             Arc::clone(&self.stats),
         ));
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()

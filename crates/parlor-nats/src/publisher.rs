@@ -15,6 +15,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+pub(crate) enum Outgoing {
+    /// The events of one commit, from the store.
+    Commit(Arc<[Event]>),
+    /// Events a subscriber read from the event log because their publish never came:
+    /// published one by one, message id = position, so that the nodes repairing the same
+    /// gap store each event once.
+    Repair(Vec<Event>),
+}
+
 /// Acknowledgements awaited at once; beyond this the publisher waits before sending more,
 /// which bounds memory when the broker is slow.
 const MAX_PENDING_ACKS: usize = 8192;
@@ -23,7 +32,7 @@ pub(crate) async fn run(
     client: async_nats::Client,
     js: jetstream::Context,
     names: Names,
-    mut rx: mpsc::UnboundedReceiver<Arc<[Event]>>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     stats: Arc<BusStats>,
 ) {
     let mut acks = FuturesUnordered::new();
@@ -31,7 +40,14 @@ pub(crate) async fn run(
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
-                for (subject, first_pos, payload) in group(&names, &batch) {
+                let messages = match batch {
+                    Outgoing::Commit(batch) => group(&names, &batch),
+                    Outgoing::Repair(events) => events
+                        .iter()
+                        .flat_map(|event| group(&names, std::slice::from_ref(event)))
+                        .collect(),
+                };
+                for (subject, first_pos, payload) in messages {
                     if first_pos == 0 {
                         if let Err(e) = client.publish(subject, payload).await {
                             tracing::debug!(error = %e, "ephemeral publish failed");

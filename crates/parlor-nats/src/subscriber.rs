@@ -3,7 +3,8 @@
 //!   what was committed before the node started is in the store),
 //! - a plain subscription to `<ns>.eph.>` for ephemeral events,
 //! - a [`Reorder`] buffer, and gap filling from the store's event log when a position
-//!   stays missing for [`GAP_WAIT`] or the store's head runs ahead of what arrived.
+//!   stays missing for [`GAP_WAIT`] or the store's head runs ahead of what arrived; what
+//!   it fills it also publishes, so that durable work queues get it.
 
 use crate::publisher::decode;
 use crate::reorder::Reorder;
@@ -28,6 +29,7 @@ const TICK: Duration = Duration::from_millis(50);
 const FILL_PAGE: u32 = 1000;
 
 type Out = mpsc::UnboundedSender<Arc<[Event]>>;
+type Repair = mpsc::UnboundedSender<crate::publisher::Outgoing>;
 
 pub(crate) async fn run(
     client: async_nats::Client,
@@ -35,6 +37,7 @@ pub(crate) async fn run(
     names: Names,
     log: Arc<OnceLock<Arc<dyn EventLog>>>,
     out: Out,
+    repair: Repair,
     stats: Arc<BusStats>,
 ) {
     let mut ephemeral = loop {
@@ -108,7 +111,7 @@ pub(crate) async fn run(
                     Some((after, up_to)) => {
                         let since = *stalled_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= GAP_WAIT {
-                            if !fill(&*log, &mut reorder, after, up_to, &out, &stats).await {
+                            if !fill(&*log, &mut reorder, after, up_to, &out, &repair, &stats).await {
                                 return;
                             }
                             stalled_since = None;
@@ -162,6 +165,7 @@ async fn fill(
     mut after: u64,
     up_to: u64,
     out: &Out,
+    repair: &Repair,
     stats: &BusStats,
 ) -> bool {
     while after < up_to {
@@ -184,6 +188,8 @@ async fn fill(
             count = events.len(),
             "filled a gap from the event log"
         );
+        // Durable work queues only see what reached the stream: put it there.
+        let _ = repair.send(crate::publisher::Outgoing::Repair(events.clone()));
         for event in events {
             reorder.push(event);
         }

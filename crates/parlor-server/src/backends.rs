@@ -3,7 +3,7 @@
 //! Redis). This is the only module that names an adapter.
 
 use crate::config::{ClusterTls, Config};
-use parlor_core::ports::{BoxFuture, Bus, EventLog, Presence, RateLimiter, Store};
+use parlor_core::ports::{BoxFuture, Bus, EventLog, Presence, RateLimiter, RecentCache, Store};
 use parlor_embedded::{
     Durability, InProcessBus, MemoryPresence, MemoryRateLimiter, SqliteStore, StoreOptions,
 };
@@ -21,6 +21,8 @@ pub struct ClusterCounters {
     pub bus_publish_failures: u64,
     pub bus_gap_filled: u64,
     pub rate_limiter_failed_open: u64,
+    pub recent_cache_hits: u64,
+    pub recent_cache_misses: u64,
 }
 
 pub struct Backends {
@@ -28,6 +30,8 @@ pub struct Backends {
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// Shared newest-history pages (cluster mode).
+    pub recent: Option<Arc<dyn RecentCache>>,
     /// Engines `/readyz` checks besides the store.
     pub probes: Vec<(&'static str, Probe)>,
     pub cluster_stats: Option<ClusterStats>,
@@ -64,6 +68,7 @@ fn embedded(config: &Config) -> anyhow::Result<Backends> {
             (config.presence.grace_secs * 1000) as i64,
         )),
         limiter: Arc::new(MemoryRateLimiter::new()),
+        recent: None,
         probes: Vec::new(),
         cluster_stats: None,
     })
@@ -170,6 +175,11 @@ async fn cluster(config: &Config) -> anyhow::Result<Backends> {
         &redis_options,
     ));
 
+    let recent = Arc::new(parlor_redis::RedisRecentCache::new(
+        redis.clone(),
+        &redis_options,
+    ));
+
     let nats_probe = Arc::clone(&nats);
     let redis_probe = redis.clone();
     let probes: Vec<(&'static str, Probe)> = vec![
@@ -198,6 +208,7 @@ async fn cluster(config: &Config) -> anyhow::Result<Backends> {
     ];
     let stats_nats = Arc::clone(&nats);
     let stats_limiter = Arc::clone(&limiter);
+    let stats_recent = Arc::clone(&recent);
     let cluster_stats: ClusterStats = Arc::new(move || {
         let [published, failures, gap] = stats_nats.stats().snapshot();
         ClusterCounters {
@@ -207,6 +218,10 @@ async fn cluster(config: &Config) -> anyhow::Result<Backends> {
             rate_limiter_failed_open: stats_limiter
                 .failed_open
                 .load(std::sync::atomic::Ordering::Relaxed),
+            recent_cache_hits: stats_recent.hits.load(std::sync::atomic::Ordering::Relaxed),
+            recent_cache_misses: stats_recent
+                .misses
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     });
     Ok(Backends {
@@ -214,6 +229,7 @@ async fn cluster(config: &Config) -> anyhow::Result<Backends> {
         bus,
         presence,
         limiter,
+        recent: Some(recent),
         probes,
         cluster_stats: Some(cluster_stats),
     })

@@ -62,6 +62,7 @@ pub async fn run(
         bus,
         presence,
         limiter,
+        recent,
         probes,
         cluster_stats,
     } = backends::build(&config).await?;
@@ -82,7 +83,13 @@ pub async fn run(
     let store_port = Arc::clone(&store);
     let state = AppState {
         inner: Arc::new(Inner {
-            chat: Chat::new(store_port, presence, Arc::clone(&bus), config.limits()),
+            chat: {
+                let chat = Chat::new(store_port, presence, Arc::clone(&bus), config.limits());
+                match recent {
+                    Some(cache) => chat.with_recent_cache(cache),
+                    None => chat,
+                }
+            },
             auth,
             hub,
             limiter,

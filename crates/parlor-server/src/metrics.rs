@@ -20,7 +20,7 @@ pub struct Metrics {
     pub ack_latency: Histogram,
     pub errors: IntCounterVec,
     /// Cluster adapters' counters, copied into gauges at each scrape.
-    cluster: std::sync::OnceLock<(crate::backends::ClusterStats, [IntGauge; 4])>,
+    cluster: std::sync::OnceLock<(crate::backends::ClusterStats, [IntGauge; 6])>,
 }
 
 impl Metrics {
@@ -98,7 +98,8 @@ impl Metrics {
         self.errors.with_label_values(&[code.as_str()]).inc();
     }
 
-    /// Exports the cluster adapters' counters (bus and rate limiter) at each scrape.
+    /// Exports the cluster adapters' counters (bus, rate limiter, history cache) at each
+    /// scrape.
     pub fn watch_cluster(&self, stats: crate::backends::ClusterStats) {
         let gauge = |name: &str, help: &str| -> Option<IntGauge> {
             let g = IntGauge::new(name, help).ok()?;
@@ -122,19 +123,29 @@ impl Metrics {
                 "rate_limiter_failed_open_total",
                 "Rate-limit checks let through because Redis did not answer",
             ),
+            gauge(
+                "recent_cache_hits_total",
+                "Newest-history reads answered by the shared cache",
+            ),
+            gauge(
+                "recent_cache_misses_total",
+                "Newest-history reads the shared cache could not answer",
+            ),
         );
-        if let (Some(a), Some(b), Some(c), Some(d)) = gauges {
-            let _ = self.cluster.set((stats, [a, b, c, d]));
+        if let (Some(a), Some(b), Some(c), Some(d), Some(e), Some(f)) = gauges {
+            let _ = self.cluster.set((stats, [a, b, c, d, e, f]));
         }
     }
 
     pub fn render(&self) -> String {
-        if let Some((stats, [published, failures, gap, open])) = self.cluster.get() {
+        if let Some((stats, [published, failures, gap, open, hits, misses])) = self.cluster.get() {
             let now = stats();
             published.set(now.bus_published as i64);
             failures.set(now.bus_publish_failures as i64);
             gap.set(now.bus_gap_filled as i64);
             open.set(now.rate_limiter_failed_open as i64);
+            hits.set(now.recent_cache_hits as i64);
+            misses.set(now.recent_cache_misses as i64);
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

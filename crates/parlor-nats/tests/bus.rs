@@ -1,6 +1,6 @@
 //! The bus against a real NATS server with mutual TLS: events published by two nodes in
 //! the wrong order, and events never published at all, reach a subscriber exactly once
-//! and in position order.
+//! and in position order; durable work outlives the node that took it.
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -127,4 +127,66 @@ async fn out_of_order_and_unpublished_events_arrive_in_order_once() {
     // Nothing more arrives: no duplicates after the fact.
     let extra = tokio::time::timeout(Duration::from_millis(1500), received.next()).await;
     assert!(extra.is_err(), "unexpected extra events");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durable_work_survives_a_node_that_took_it_and_died() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = Certs::get()
+        .and_then(|c| c.write_to(dir.path()))
+        .expect("certificates");
+    let nats = NatsCluster::launch(1, &certs).expect("nats-server");
+    let log = Arc::new(MemoryLog::default());
+    let a = node(&nats, &certs, "a", "work").await;
+    let b = node(&nats, &certs, "b", "work").await;
+    a.attach_log(log.clone());
+    b.attach_log(log.clone());
+    // Node a's live subscriber is what notices and repairs the unpublished event.
+    let _live = a.subscribe();
+    let mut queue_a = a
+        .work_queue("notify", Duration::from_secs(1))
+        .await
+        .expect("bind on a");
+    let mut queue_b = b
+        .work_queue("notify", Duration::from_secs(1))
+        .await
+        .expect("bind on b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    const N: u64 = 60;
+    for pos in 1..=N {
+        let e = event(pos);
+        log.events.lock().push(e.clone());
+        // Event 30's node died between commit and publish.
+        if pos != 30 {
+            let from = if pos % 2 == 0 { &a } else { &b };
+            from.publish(vec![e].into());
+        }
+    }
+
+    // Node a takes some work and dies before acknowledging it.
+    let taken = tokio::time::timeout(Duration::from_secs(10), queue_a.next())
+        .await
+        .expect("work for a")
+        .expect("queue open")
+        .expect("work");
+    assert!(!taken.events.is_empty());
+    drop(taken);
+    drop(queue_a);
+
+    // Node b ends up with every event at least once: a's unacknowledged work comes back
+    // after ack_wait, and the unpublished event arrives through the repair.
+    let mut done = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while done.len() < N as usize {
+        let work = tokio::time::timeout_at(deadline, queue_b.next())
+            .await
+            .unwrap_or_else(|_| panic!("missing work: have {} of {N}", done.len()))
+            .expect("queue open")
+            .expect("work");
+        done.extend(work.events.iter().map(|e| e.pos));
+        work.ack().await.expect("ack");
+    }
+    assert_eq!(done, (1..=N).collect());
 }

@@ -1,4 +1,5 @@
-//! Presence and rate limits shared by two nodes, against a real Redis with mutual TLS.
+//! Presence, rate limits and the history cache shared by two nodes, against a real Redis
+//! with mutual TLS.
 
 use parlor_core::ports::{Presence, RateLimiter, RateRule};
 use parlor_proto::Id;
@@ -179,4 +180,51 @@ async fn rate_limits_are_shared_by_nodes_and_fail_open() {
     s.redis.kill().expect("kill redis");
     assert!(a.check("k", rule).await.is_ok(), "fails open");
     assert!(a.failed_open.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_page_is_never_served_after_a_bump() {
+    use parlor_core::ports::RecentCache;
+    use parlor_proto::rest::History;
+    use parlor_redis::RedisRecentCache;
+
+    let s = setup();
+    let options = options(&s.redis, &s.certs, "a");
+    let conn = connection::connect(&options).await.expect("redis");
+    let cache = RedisRecentCache::new(conn, &options);
+    let conv = Id(5);
+    let page = |has_more| History {
+        messages: Vec::new(),
+        has_more,
+    };
+
+    assert!(cache.get(conv).await.is_none(), "nothing cached yet");
+    let v0 = cache.version(conv).await.expect("version");
+    cache.put(conv, v0, &page(true)).await;
+    assert_eq!(cache.get(conv).await.map(|h| h.has_more), Some(true));
+
+    // A page read under an old version and stored after a bump is refused …
+    let v1 = cache.version(conv).await.expect("version");
+    cache.bump(conv).await;
+    assert!(cache.get(conv).await.is_none(), "bumped: stale");
+    cache.put(conv, v1, &page(false)).await;
+    assert!(
+        cache.get(conv).await.is_none(),
+        "read before the bump: refused"
+    );
+    // … one read after it is kept.
+    let v2 = cache.version(conv).await.expect("version");
+    assert!(v2 > v1);
+    cache.put(conv, v2, &page(false)).await;
+    assert_eq!(cache.get(conv).await.map(|h| h.has_more), Some(false));
+
+    // Redis restarting empty loses pages and versions together.
+    s.redis.restart().expect("restart redis");
+    for _ in 0..50 {
+        if cache.version(conv).await.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cache.get(conv).await.is_none());
 }
