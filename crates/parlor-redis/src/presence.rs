@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::UserId;
 use parlor_core::ports::Presence;
-use parlor_core::presence::MAX_STATUS_TEXT;
+use parlor_core::presence::status_text;
 use parlor_proto::rest::{Availability, PresenceView};
 use parlor_proto::Id;
 use redis::aio::ConnectionManager;
@@ -277,12 +277,7 @@ impl Presence for RedisPresence {
         status: Availability,
         text: Option<String>,
     ) -> Result<PresenceView> {
-        let text: Option<String> = text.map(|t| {
-            t.chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_STATUS_TEXT)
-                .collect()
-        });
+        let text = status_text(text);
         let stored = serde_json::to_string(&StoredStatus {
             status,
             text: text.clone(),
