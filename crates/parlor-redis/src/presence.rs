@@ -199,8 +199,11 @@ async fn heartbeat(presence: Weak<RedisPresence>, period: Duration) {
 #[async_trait]
 impl Presence for RedisPresence {
     async fn connect(&self, user: UserId) -> Result<Option<PresenceView>> {
+        // Counted here only after vouching: a heartbeat between the two would otherwise
+        // vouch first and take the "came online" for itself (reported a tick later).
+        let vouched = self.vouch(&[user]).await;
         *self.local.lock().entry(user).or_insert(0) += 1;
-        let fresh = self.vouch(&[user]).await.map_err(unavailable)?;
+        let fresh = vouched.map_err(unavailable)?;
         if fresh.is_empty() {
             return Ok(None);
         }
