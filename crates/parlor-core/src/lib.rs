@@ -8,12 +8,14 @@
 //! - [`rules`]: pure validation and authorization rules, shared by every adapter.
 //! - [`ports`]: the traits adapters implement (store, bus, rate limiter).
 //! - [`search`]: how text is tokenized for search (CJK bigrams) and highlighted.
+//! - [`backlog`]: the merge that puts a user's sync events in position order.
 //! - [`chat`]: the chat service, the one entry point the server calls.
 //! - [`error`]: the domain error, carrying a stable wire code.
 //!
 //! Architecture invariant: this crate never imports an adapter or a transport; adapters
 //! depend on it, never the other way round.
 
+pub mod backlog;
 pub mod chat;
 pub mod error;
 pub mod model;

@@ -12,6 +12,17 @@ use std::collections::HashMap;
 /// Longest status text, in characters.
 pub const MAX_STATUS_TEXT: usize = 140;
 
+/// A status text as stored: control characters removed, at most [`MAX_STATUS_TEXT`]
+/// characters. Every presence adapter stores it this way.
+pub fn status_text(text: Option<String>) -> Option<String> {
+    text.map(|t| {
+        t.chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_STATUS_TEXT)
+            .collect()
+    })
+}
+
 #[derive(Debug, Clone, Default)]
 struct Entry {
     devices: u32,
@@ -84,12 +95,7 @@ impl Tracker {
     ) -> PresenceView {
         let e = self.users.entry(user).or_default();
         e.availability = availability;
-        e.text = text.map(|t| {
-            t.chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_STATUS_TEXT)
-                .collect()
-        });
+        e.text = status_text(text);
         view(user, e)
     }
 

@@ -1,11 +1,12 @@
 //! Sync: the events visible to a user with positions in `(since, head]`, in position
 //! order, in pages.
 //!
-//! Same shape as the embedded store's `BacklogState`: membership, edit/delete and
-//! read-marker events are few and loaded up front; messages are read through one cursor
-//! per conversation in chunks, and a page releases events only up to the smallest
-//! position an unfinished cursor has reached, so output is in global position order
-//! and each row is read once.
+//! The merge is the core's (`parlor_core::backlog`), the same as the embedded store's:
+//! membership, edit/delete and read-marker events are few and loaded up front; messages
+//! are read through one cursor per conversation in chunks, and a page releases events
+//! only up to the smallest position an unfinished cursor has reached, so output is in
+//! global position order and each row is read once. What is here is how the cursors
+//! are read.
 //!
 //! Why per-conversation cursors and not one query ordered by `pos` over all the user's
 //! conversations: with `conv_id = ANY(…)` PostgreSQL cannot walk the `(conv_id, pos)`
@@ -19,6 +20,7 @@
 use crate::codec::*;
 use crate::error::DbResult;
 use crate::Core;
+use parlor_core::backlog::{BacklogMerge, Span};
 use parlor_core::error::Result;
 use parlor_core::model::*;
 use parlor_proto::rest::ConversationInfo;
@@ -26,23 +28,13 @@ use parlor_proto::ws::{
     DeletedEvent, EditedEvent, MemberEvent, MessageEvent, ReadEvent, ServerFrame,
 };
 use parlor_proto::Id;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-struct Cursor {
-    conv: i64,
-    after: u64,
-    upper: u64,
-    buffered: VecDeque<Event>,
-    exhausted: bool,
-}
-
+/// The merge of [`parlor_core::backlog`], refilled here one statement per round.
 pub struct BacklogState {
     core: Arc<Core>,
-    cursors: Vec<Cursor>,
-    other: VecDeque<Event>,
-    chunk: u32,
-    page: usize,
+    merge: BacklogMerge,
 }
 
 fn no_recipients() -> Arc<[UserId]> {
@@ -57,78 +49,29 @@ impl BacklogState {
         head: u64,
         page: u32,
     ) -> Result<Self> {
-        let (cursors, other) = load_sources(&core, user, since, head).await?;
-        let chunk = (page / (cursors.len().max(1) as u32)).clamp(64, page.max(64));
+        let (spans, other) = load_sources(&core, user, since, head).await?;
         Ok(BacklogState {
             core,
-            cursors,
-            other,
-            chunk,
-            page: page.max(1) as usize,
+            merge: BacklogMerge::new(spans, other, page),
         })
     }
 
     pub async fn next_page(&mut self) -> Option<Result<Vec<Event>>> {
-        let wanted: Vec<usize> = self
-            .cursors
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.buffered.is_empty() && !c.exhausted)
-            .map(|(i, _)| i)
-            .collect();
+        let wanted = self.merge.refills();
         if !wanted.is_empty() {
-            match fetch_chunks(&self.core, &self.cursors, &wanted, self.chunk).await {
+            match fetch_chunks(&self.core, &wanted, self.merge.chunk()).await {
                 Ok(mut fetched) => {
-                    for index in wanted {
+                    // A cursor with no row left is absent from the answer: it gets none,
+                    // which marks it exhausted.
+                    for (index, _) in wanted {
                         let events = fetched.remove(&index).unwrap_or_default();
-                        let cursor = &mut self.cursors[index];
-                        cursor.exhausted = events.len() < self.chunk as usize;
-                        if let Some(last) = events.last() {
-                            cursor.after = last.pos;
-                        }
-                        cursor.buffered.extend(events);
+                        self.merge.refilled(index, events);
                     }
                 }
                 Err(e) => return Some(Err(e)),
             }
         }
-        let checkpoint = self
-            .cursors
-            .iter()
-            .filter(|c| !c.exhausted)
-            .filter_map(|c| c.buffered.back().map(|e| e.pos))
-            .min()
-            .unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        while out.len() < self.page {
-            let mut best: Option<(u64, Option<usize>)> = self.other.front().map(|e| (e.pos, None));
-            for (i, c) in self.cursors.iter().enumerate() {
-                if let Some(front) = c.buffered.front() {
-                    if best.is_none_or(|(pos, _)| front.pos < pos) {
-                        best = Some((front.pos, Some(i)));
-                    }
-                }
-            }
-            let Some((pos, source)) = best else { break };
-            if pos > checkpoint {
-                break;
-            }
-            let event = match source {
-                None => self.other.pop_front(),
-                Some(i) => self.cursors[i].buffered.pop_front(),
-            };
-            out.extend(event);
-        }
-        let finished = self.other.is_empty()
-            && self
-                .cursors
-                .iter()
-                .all(|c| c.exhausted && c.buffered.is_empty());
-        if out.is_empty() && finished {
-            None
-        } else {
-            Some(Ok(out))
-        }
+        self.merge.next_page().map(Ok)
     }
 }
 
@@ -137,7 +80,7 @@ async fn load_sources(
     user: UserId,
     since: u64,
     head: u64,
-) -> Result<(Vec<Cursor>, VecDeque<Event>)> {
+) -> Result<(Vec<Span>, Vec<Event>)> {
     let client = core.db.primary().await?;
     let stmt = client
         .prepare_cached(
@@ -152,7 +95,7 @@ async fn load_sources(
         .query(&stmt, &[&sql_id(user), &clamp(head), &clamp(since)])
         .await
         .db()?;
-    let mut cursors = Vec::with_capacity(rows.len());
+    let mut spans = Vec::with_capacity(rows.len());
     let mut other = Vec::new();
     let mut infos: HashMap<i64, ConversationInfo> = HashMap::new();
     let (mut convs, mut lowers, mut uppers) = (Vec::new(), Vec::new(), Vec::new());
@@ -181,12 +124,10 @@ async fn load_sources(
                 }),
             });
         }
-        cursors.push(Cursor {
-            conv,
+        spans.push(Span {
+            conv: info.id,
             after: since.max(joined_pos),
             upper,
-            buffered: VecDeque::new(),
-            exhausted: false,
         });
         infos.insert(conv, info);
     }
@@ -267,15 +208,13 @@ async fn load_sources(
             });
         }
     }
-    other.sort_by_key(|e| e.pos);
-    Ok((cursors, other.into()))
+    Ok((spans, other))
 }
 
 /// The next chunk of every wanted cursor, in one statement.
 async fn fetch_chunks(
     core: &Core,
-    cursors: &[Cursor],
-    wanted: &[usize],
+    wanted: &[(usize, Span)],
     chunk: u32,
 ) -> Result<HashMap<usize, Vec<Event>>> {
     let client = core.db.primary().await?;
@@ -295,12 +234,11 @@ async fn fetch_chunks(
         Vec::with_capacity(wanted.len()),
         Vec::with_capacity(wanted.len()),
     );
-    for &i in wanted {
-        let c = &cursors[i];
+    for &(i, span) in wanted {
         idx.push(i as i32);
-        convs.push(c.conv);
-        afters.push(clamp(c.after));
-        uppers.push(clamp(c.upper));
+        convs.push(sql_id(span.conv));
+        afters.push(clamp(span.after));
+        uppers.push(clamp(span.upper));
     }
     let rows = client
         .query(&stmt, &[&idx, &convs, &afters, &uppers, &i64::from(chunk)])

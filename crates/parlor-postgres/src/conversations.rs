@@ -73,24 +73,33 @@ fn sorted(users: impl Iterator<Item = UserId>) -> Arc<[UserId]> {
     v.into()
 }
 
-/// Membership events of one transaction, written together once positions are known.
-#[derive(Default)]
+/// Membership events of one transaction in one conversation, written together once
+/// positions are known.
 struct Changes {
+    info: ConversationInfo,
+    ts: i64,
     events: Vec<Event>,
 }
 
 impl Changes {
+    fn new(info: &ConversationInfo, ts: i64) -> Self {
+        Changes {
+            info: info.clone(),
+            ts,
+            events: Vec::new(),
+        }
+    }
+
     fn push(
         &mut self,
         pos: u64,
-        info: &ConversationInfo,
         user: UserId,
         change: MemberChange,
         actor: UserId,
         role: Option<Role>,
         recipients: Arc<[UserId]>,
-        ts: i64,
     ) {
+        let (info, ts) = (&self.info, self.ts);
         self.events.push(Event {
             pos,
             recipients,
@@ -199,19 +208,17 @@ async fn create(
         return Ok(None);
     }
     let positions = core.take_positions(&tx, members.len() as u64).await?;
-    let mut changes = Changes::default();
+    let mut changes = Changes::new(&info, now);
     let (mut users, mut roles, mut joined) = (Vec::new(), Vec::new(), Vec::new());
     for (i, &(user, role)) in members.iter().enumerate() {
         let pos = positions.first + i as u64;
         changes.push(
             pos,
-            &info,
             user,
             MemberChange::Added,
             actor,
             Some(role),
             Arc::from(vec![user]),
-            now,
         );
         users.push(sql_id(user));
         roles.push(role_code(role));
@@ -340,7 +347,7 @@ async fn change(
     let role_of = |user: UserId| roles.get(&user).copied();
     let info = &locked.info;
     let now = now_ms();
-    let mut changes = Changes::default();
+    let mut changes = Changes::new(info, now);
     match command {
         MembershipCommand::Add { actor, user, .. } => {
             let actor_role = role_of(actor).ok_or_else(Error::not_member)?;
@@ -357,13 +364,11 @@ async fn change(
             let recipients = sorted(roles.keys().copied().chain([user]));
             changes.push(
                 pos,
-                info,
                 user,
                 MemberChange::Added,
                 actor,
                 Some(Role::Member),
                 recipients,
-                now,
             );
             tx.execute(
                 "INSERT INTO members (conv_id, user_id, role, joined_pos) VALUES ($1, $2, $3, $4)
@@ -384,13 +389,11 @@ async fn change(
             let pos = positions.first;
             changes.push(
                 pos,
-                info,
                 user,
                 MemberChange::Removed,
                 actor,
                 None,
                 sorted(roles.keys().copied()),
-                now,
             );
             depart(&tx, conv, user, pos, locked.last_seq).await?;
             finish(core, &tx, conv, roles.len() - 1, pos, &changes).await?;
@@ -410,13 +413,11 @@ async fn change(
             let pos = positions.first;
             changes.push(
                 pos,
-                info,
                 user,
                 MemberChange::Left,
                 user,
                 None,
                 sorted(roles.keys().copied()),
-                now,
             );
             depart(&tx, conv, user, pos, locked.last_seq).await?;
             let mut last = pos;
@@ -424,13 +425,11 @@ async fn change(
                 last = pos + 1;
                 changes.push(
                     last,
-                    info,
                     heir.user,
                     MemberChange::Role,
                     user,
                     Some(Role::Owner),
                     sorted(remaining.iter().map(|m| m.user)),
-                    now,
                 );
                 set_role(&tx, conv, heir.user, Role::Owner).await?;
             }
@@ -450,13 +449,11 @@ async fn change(
             let pos = positions.first;
             changes.push(
                 pos,
-                info,
                 user,
                 MemberChange::Role,
                 actor,
                 Some(role),
                 sorted(roles.keys().copied()),
-                now,
             );
             set_role(&tx, conv, user, role).await?;
             finish(core, &tx, conv, roles.len(), pos, &changes).await?;

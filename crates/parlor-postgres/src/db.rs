@@ -35,11 +35,7 @@ fn pool(url: &str, options: &PgOptions, size: usize) -> anyhow::Result<Pool> {
         recycling_method: RecyclingMethod::Fast,
     };
     let manager = match &options.tls {
-        Some(files) => {
-            let tls =
-                tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(files)?);
-            Manager::from_config(config, tls, manager_config)
-        }
+        Some(files) => Manager::from_config(config, crate::tls_connector(files)?, manager_config),
         None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
     };
     Pool::builder(manager)

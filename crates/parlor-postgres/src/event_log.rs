@@ -43,8 +43,10 @@ pub const INSERT: &str = "INSERT INTO event_log (pos, conv_id, body)
      SELECT v.pos, v.conv_id, v.body
      FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS v(pos, conv_id, body)";
 
-/// Positions, conversations and bodies of `events`, as arrays for [`INSERT`].
-pub fn columns(events: &[Event]) -> Result<(Vec<i64>, Vec<i64>, Vec<Vec<u8>>)> {
+/// Positions, conversations and bodies of events, as arrays for [`INSERT`].
+pub type Columns = (Vec<i64>, Vec<i64>, Vec<Vec<u8>>);
+
+pub fn columns(events: &[Event]) -> Result<Columns> {
     let mut positions = Vec::with_capacity(events.len());
     let mut convs = Vec::with_capacity(events.len());
     let mut bodies = Vec::with_capacity(events.len());

@@ -90,6 +90,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use tls::tls_connector;
+
 /// Client certificate, key and the CA that signed the server's certificate (PEM).
 #[derive(Debug, Clone)]
 pub struct TlsFiles {

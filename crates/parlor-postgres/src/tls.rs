@@ -13,6 +13,7 @@ use rustls::{ClientConfig, RootCertStore};
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let file =
@@ -35,7 +36,7 @@ fn read_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
 }
 
 /// The rustls client configuration for `files`.
-pub fn client_config(files: &TlsFiles) -> anyhow::Result<ClientConfig> {
+fn client_config(files: &TlsFiles) -> anyhow::Result<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(&files.ca_file)? {
         roots
@@ -52,4 +53,11 @@ pub fn client_config(files: &TlsFiles) -> anyhow::Result<ClientConfig> {
             .with_client_auth_cert(chain, key)
             .context("client certificate and key do not match")?;
     Ok(config)
+}
+
+/// The `tokio-postgres` connector for `files`: what the store's pools connect with, and
+/// what anything else opening its own connection to the same server (an integration
+/// test inspecting the database) needs, so both present the same client certificate.
+pub fn tls_connector(files: &TlsFiles) -> anyhow::Result<MakeRustlsConnect> {
+    Ok(MakeRustlsConnect::new(client_config(files)?))
 }

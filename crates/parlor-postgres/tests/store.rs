@@ -34,22 +34,20 @@ async fn user(store: &dyn Store, name: &str) -> Id {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_lease_different_machine_ids() {
-    let Some(server) = server_url() else { return };
-    let url = fresh_database(&server).await;
-    let (a, b) = tokio::join!(node(&url, "a"), node(&url, "b"));
+    let db = TestDb::create().await;
+    let (a, b) = tokio::join!(node(&db, "a"), node(&db, "b"));
     assert_ne!(a.store.machine_id(), b.store.machine_id());
     // A released id is taken again by the next node.
     let released = a.store.machine_id();
     a.store.close().await;
-    let c = node(&url, "c").await;
+    let c = node(&db, "c").await;
     assert_eq!(c.store.machine_id(), released);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_from_two_nodes_are_gap_free_and_dense() {
-    let Some(server) = server_url() else { return };
-    let url = fresh_database(&server).await;
-    let (a, b) = tokio::join!(node(&url, "a"), node(&url, "b"));
+    let db = TestDb::create().await;
+    let (a, b) = tokio::join!(node(&db, "a"), node(&db, "b"));
     let alice = user(&*a.store, "alice").await;
     let bob = user(&*b.store, "bob").await;
     let group = a
@@ -132,9 +130,8 @@ async fn concurrent_appends_from_two_nodes_are_gap_free_and_dense() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_across_nodes_are_stored_once() {
-    let Some(server) = server_url() else { return };
-    let url = fresh_database(&server).await;
-    let (a, b) = tokio::join!(node(&url, "a"), node(&url, "b"));
+    let db = TestDb::create().await;
+    let (a, b) = tokio::join!(node(&db, "a"), node(&db, "b"));
     let alice = user(&*a.store, "alice").await;
     let bob = user(&*a.store, "bob").await;
     let (direct, _) = a.store.open_direct(alice, bob).await.expect("direct");
@@ -187,9 +184,8 @@ async fn duplicates_across_nodes_are_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_and_live_events_meet_exactly_once() {
-    let Some(server) = server_url() else { return };
-    let url = fresh_database(&server).await;
-    let (a, b) = tokio::join!(node(&url, "a"), node(&url, "b"));
+    let db = TestDb::create().await;
+    let (a, b) = tokio::join!(node(&db, "a"), node(&db, "b"));
     let alice = user(&*a.store, "alice").await;
     let bob = user(&*a.store, "bob").await;
     let group = a
@@ -255,9 +251,8 @@ async fn backlog_and_live_events_meet_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_edits_deletes_and_search() {
-    let Some(server) = server_url() else { return };
-    let url = fresh_database(&server).await;
-    let a = node(&url, "a").await;
+    let db = TestDb::create().await;
+    let a = node(&db, "a").await;
     let s = &*a.store;
     let alice = user(s, "alice").await;
     let bob = user(s, "bob").await;
@@ -484,13 +479,12 @@ async fn membership_edits_deletes_and_search() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_killed_mid_append_answer_unavailable_then_recover() {
-    let Some(server) = server_url() else { return };
-    let url = fresh_database(&server).await;
-    let a = node(&url, "a").await;
+    let db = TestDb::create().await;
+    let a = node(&db, "a").await;
     let alice = user(&*a.store, "alice").await;
     let bob = user(&*a.store, "bob").await;
     let (direct, _) = a.store.open_direct(alice, bob).await.expect("direct");
-    let admin = inspect(&url).await;
+    let admin = db.inspect().await;
     let sender = {
         let store = a.store.clone();
         tokio::spawn(async move {

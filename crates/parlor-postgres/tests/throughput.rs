@@ -1,6 +1,8 @@
 //! Appends per second through one store with the batch writer (ignored: a measurement,
 //! not a check). Run with
-//! `PARLOR_TEST_POSTGRES_URL=postgres://… cargo test -p parlor-postgres --release --test throughput -- --ignored --nocapture`.
+//! `cargo test -p parlor-postgres --release --test throughput -- --ignored --nocapture`
+//! (on the test kit's PostgreSQL, over mutual TLS), or with
+//! `PARLOR_TEST_POSTGRES_URL=postgres://…` set to measure against a server of your own.
 
 mod support;
 
@@ -12,9 +14,8 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn appends_per_second() {
-    let Some(server) = server_url() else { return };
-    let url = fresh_database(&server).await;
-    let a = node(&url, "bench").await;
+    let db = TestDb::create().await;
+    let a = node(&db, "bench").await;
     let s = &*a.store;
     const SENDERS: usize = 50;
     const PER_SENDER: usize = 400;

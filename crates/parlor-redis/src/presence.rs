@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::UserId;
 use parlor_core::ports::Presence;
-use parlor_core::presence::MAX_STATUS_TEXT;
+use parlor_core::presence::status_text;
 use parlor_proto::rest::{Availability, PresenceView};
 use parlor_proto::Id;
 use redis::aio::ConnectionManager;
@@ -199,8 +199,11 @@ async fn heartbeat(presence: Weak<RedisPresence>, period: Duration) {
 #[async_trait]
 impl Presence for RedisPresence {
     async fn connect(&self, user: UserId) -> Result<Option<PresenceView>> {
+        // Counted here only after vouching: a heartbeat between the two would otherwise
+        // vouch first and take the "came online" for itself (reported a tick later).
+        let vouched = self.vouch(&[user]).await;
         *self.local.lock().entry(user).or_insert(0) += 1;
-        let fresh = self.vouch(&[user]).await.map_err(unavailable)?;
+        let fresh = vouched.map_err(unavailable)?;
         if fresh.is_empty() {
             return Ok(None);
         }
@@ -277,12 +280,7 @@ impl Presence for RedisPresence {
         status: Availability,
         text: Option<String>,
     ) -> Result<PresenceView> {
-        let text: Option<String> = text.map(|t| {
-            t.chars()
-                .filter(|c| !c.is_control())
-                .take(MAX_STATUS_TEXT)
-                .collect()
-        });
+        let text = status_text(text);
         let stored = serde_json::to_string(&StoredStatus {
             status,
             text: text.clone(),

@@ -405,7 +405,9 @@ fn shared_engines_give_each_spec_its_own_database_and_namespace() -> Result<()> 
         let path = get(&format!("PARLOR_CLUSTER__TLS__{key}")).context(key)?;
         assert!(Path::new(path).is_file(), "{key} {path}");
     }
-    assert_eq!(env.len(), 9);
+    let secret = get("PARLOR_AUTH__JWT_SECRET").context("jwt secret")?;
+    assert!(secret.len() >= 32, "nodes of one cluster share a valid token key");
+    assert_eq!(env.len(), 10);
 
     // The database lives as long as a clone of its spec.
     let count = |name: &str| {

@@ -3,6 +3,7 @@
 
 use super::codec::{change_from_code, role_from_code};
 use parking_lot::Mutex;
+use parlor_core::backlog::{BacklogMerge, Span};
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
 use parlor_proto::rest::{
@@ -14,7 +15,6 @@ use parlor_proto::ws::{
 };
 use parlor_proto::Id;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -315,26 +315,11 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// One conversation's messages still to send during a backlog, read in chunks.
-struct Cursor {
-    conv: i64,
-    after: u64,
-    upper: u64,
-    buffered: VecDeque<Event>,
-    exhausted: bool,
-}
-
-/// The k-way merge behind [`parlor_core::ports::Store::backlog`]: per-conversation cursors
-/// read their conversation's messages in position order, and a page only releases events
-/// up to the smallest position some unexhausted cursor has reached, so the output is in
-/// global position order and each row is read once.
+/// [`parlor_core::ports::Store::backlog`] on SQLite: the merge of
+/// [`parlor_core::backlog`], with each round of cursor refills run on a read connection.
 pub struct BacklogState {
     pool: Arc<ReadPool>,
-    cursors: Vec<Cursor>,
-    /// Membership and read-marker events, all loaded up front (there are few).
-    other: VecDeque<Event>,
-    chunk: u32,
-    page: usize,
+    merge: BacklogMerge,
 }
 
 impl BacklogState {
@@ -345,29 +330,19 @@ impl BacklogState {
         head: u64,
         page: u32,
     ) -> Result<Self> {
-        let (cursors, other) = pool
+        let (spans, other) = pool
             .run(move |conn| load_backlog_sources(conn, user, since, head))
             .await?;
-        let chunk = (page / (cursors.len().max(1) as u32)).clamp(64, page.max(64));
         Ok(BacklogState {
             pool,
-            cursors,
-            other,
-            chunk,
-            page: page.max(1) as usize,
+            merge: BacklogMerge::new(spans, other, page),
         })
     }
 
     pub async fn next_page(&mut self) -> Option<Result<Vec<Event>>> {
-        let wanted: Vec<(usize, i64, u64, u64)> = self
-            .cursors
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.buffered.is_empty() && !c.exhausted)
-            .map(|(i, c)| (i, c.conv, c.after, c.upper))
-            .collect();
+        let wanted = self.merge.refills();
         if !wanted.is_empty() {
-            let chunk = self.chunk;
+            let chunk = self.merge.chunk();
             let fetched = self
                 .pool
                 .run(move |conn| fetch_chunks(conn, &wanted, chunk))
@@ -377,60 +352,21 @@ impl BacklogState {
                 Err(e) => return Some(Err(e)),
             };
             for (index, events) in fetched {
-                let cursor = &mut self.cursors[index];
-                cursor.exhausted = events.len() < chunk as usize;
-                if let Some(last) = events.last() {
-                    cursor.after = last.pos;
-                }
-                cursor.buffered.extend(events);
+                self.merge.refilled(index, events);
             }
         }
-        let checkpoint = self
-            .cursors
-            .iter()
-            .filter(|c| !c.exhausted)
-            .filter_map(|c| c.buffered.back().map(|e| e.pos))
-            .min()
-            .unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        while out.len() < self.page {
-            let mut best: Option<(u64, Option<usize>)> = self.other.front().map(|e| (e.pos, None));
-            for (i, c) in self.cursors.iter().enumerate() {
-                if let Some(front) = c.buffered.front() {
-                    if best.is_none_or(|(pos, _)| front.pos < pos) {
-                        best = Some((front.pos, Some(i)));
-                    }
-                }
-            }
-            let Some((pos, source)) = best else { break };
-            if pos > checkpoint {
-                break;
-            }
-            let event = match source {
-                None => self.other.pop_front(),
-                Some(i) => self.cursors[i].buffered.pop_front(),
-            };
-            out.extend(event);
-        }
-        let finished = self.other.is_empty()
-            && self
-                .cursors
-                .iter()
-                .all(|c| c.exhausted && c.buffered.is_empty());
-        if out.is_empty() && finished {
-            None
-        } else {
-            Some(Ok(out))
-        }
+        self.merge.next_page().map(Ok)
     }
 }
 
+/// The cursors' spans (one per conversation) and the non-message events, membership
+/// bounding both.
 fn load_backlog_sources(
     conn: &Connection,
     user: UserId,
     since: u64,
     head: u64,
-) -> Result<(Vec<Cursor>, VecDeque<Event>)> {
+) -> Result<(Vec<Span>, Vec<Event>)> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT conv_id, joined_pos, left_pos, read_pos, read_seq FROM members
@@ -450,7 +386,7 @@ fn load_backlog_sources(
         .map_err(db_err)?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(db_err)?;
-    let mut cursors = Vec::with_capacity(memberships.len());
+    let mut spans = Vec::with_capacity(memberships.len());
     let mut other = Vec::new();
     let mut member_stmt = conn
         .prepare_cached(
@@ -539,21 +475,19 @@ fn load_backlog_sources(
                 }),
             });
         }
-        cursors.push(Cursor {
-            conv,
+        spans.push(Span {
+            conv: Id(conv as u64),
             after: since.max(joined_pos),
             upper,
-            buffered: VecDeque::new(),
-            exhausted: false,
         });
     }
-    other.sort_by_key(|e| e.pos);
-    Ok((cursors, other.into()))
+    Ok((spans, other))
 }
 
+/// The next chunk of each wanted cursor, one indexed range read per conversation.
 fn fetch_chunks(
     conn: &Connection,
-    wanted: &[(usize, i64, u64, u64)],
+    wanted: &[(usize, Span)],
     chunk: u32,
 ) -> Result<Vec<(usize, Vec<Event>)>> {
     let mut stmt = conn
@@ -563,10 +497,15 @@ fn fetch_chunks(
         ))
         .map_err(db_err)?;
     let mut out = Vec::with_capacity(wanted.len());
-    for &(index, conv, after, upper) in wanted {
+    for &(index, span) in wanted {
         let rows = stmt
             .query_map(
-                params![conv, clamp(after), clamp(upper), i64::from(chunk)],
+                params![
+                    span.conv.0 as i64,
+                    clamp(span.after),
+                    clamp(span.upper),
+                    i64::from(chunk)
+                ],
                 |r| {
                     let pos = r.get::<_, i64>(7)? as u64;
                     Ok(Event {

@@ -1,30 +1,100 @@
-//! A fresh database per test on the server named by `PARLOR_TEST_POSTGRES_URL`
-//! (plain TCP, a role that may create databases). Without it the tests are skipped with
-//! a note, unless `PARLOR_TEST_BACKEND=cluster` says PostgreSQL is expected: then they fail.
+//! A fresh database per test ([`TestDb::create`]).
+//!
+//! By default the database is on the test kit's PostgreSQL (`shared_engines`, started
+//! once per test binary), so that `cargo test` runs these tests wherever the engines are
+//! installed, CI included. That server accepts only TLS with the kit's client
+//! certificate (`hostssl … cert`), so every store and inspection connection here uses
+//! mutual TLS, as a cluster node does. A missing engine fails the test rather than
+//! skipping it: a skipped store test would hide a broken CI image.
+//!
+//! `PARLOR_TEST_POSTGRES_URL` overrides this with a server of your own (plain TCP, a
+//! role that may create databases), for instance to measure throughput on a tuned server.
 
 #![allow(dead_code)]
 
 use parlor_core::model::Event;
 use parlor_core::ports::Bus;
 use parlor_embedded::InProcessBus;
-use parlor_postgres::{PgOptions, PgStore};
+use parlor_postgres::{PgOptions, PgStore, TlsFiles};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 pub const URL_VAR: &str = "PARLOR_TEST_POSTGRES_URL";
 
-/// The server's URL, or `None` (test skipped) when none is configured.
-pub fn server_url() -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var("PARLOR_TEST_BACKEND").as_deref() == Ok("cluster") {
-                panic!("PARLOR_TEST_BACKEND=cluster but {URL_VAR} is not set: cannot run the PostgreSQL store tests");
-            }
-            eprintln!("note: {URL_VAR} is not set, skipping a PostgreSQL store test");
-            None
+/// One test's empty database, and how to reach it.
+pub struct TestDb {
+    pub url: String,
+    /// `Some` on the test kit's server, which requires the client certificate.
+    pub tls: Option<TlsFiles>,
+}
+
+impl TestDb {
+    /// A new empty database, on the server named by `PARLOR_TEST_POSTGRES_URL` if set,
+    /// else on the test kit's PostgreSQL.
+    pub async fn create() -> TestDb {
+        match std::env::var(URL_VAR) {
+            Ok(server) if !server.is_empty() => TestDb {
+                url: fresh_database(&server).await,
+                tls: None,
+            },
+            _ => on_test_kit().await,
         }
     }
+
+    /// Store options for this database (TLS included).
+    pub fn options(&self) -> PgOptions {
+        let mut options = PgOptions::new(&self.url);
+        options.tls = self.tls.clone();
+        options
+    }
+
+    /// A direct connection for inspecting (or sabotaging) the database.
+    pub async fn inspect(&self) -> tokio_postgres::Client {
+        match &self.tls {
+            Some(files) => {
+                let tls = parlor_postgres::tls_connector(files).expect("client TLS config");
+                connect(&self.url, tls).await
+            }
+            None => connect(&self.url, tokio_postgres::NoTls).await,
+        }
+    }
+}
+
+async fn connect<T>(url: &str, tls: T) -> tokio_postgres::Client
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = tokio_postgres::connect(url, tls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database on the kit's shared PostgreSQL. Starting the engines and `psql` block, so
+/// they run off the async workers. The database is not dropped: the whole server goes
+/// away with the test process.
+async fn on_test_kit() -> TestDb {
+    tokio::task::spawn_blocking(|| {
+        let engines = parlor_testkit::shared_engines().unwrap_or_else(|e| {
+            panic!("{URL_VAR} is not set and the test kit's PostgreSQL did not start: {e:#}")
+        });
+        let url = engines
+            .postgres
+            .create_database(&parlor_testkit::unique_name("store"))
+            .expect("create a test database");
+        TestDb {
+            url,
+            tls: Some(TlsFiles {
+                ca_file: engines.certs.ca_file.clone(),
+                cert_file: engines.certs.client_cert_file.clone(),
+                key_file: engines.certs.client_key_file.clone(),
+            }),
+        }
+    })
+    .await
+    .expect("join the database set-up")
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -42,8 +112,8 @@ fn with_database(url: &str, name: &str) -> String {
     }
 }
 
-/// Creates an empty database and returns its URL.
-pub async fn fresh_database(server: &str) -> String {
+/// Creates an empty database on the plain-TCP `server` and returns its URL.
+async fn fresh_database(server: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "parlor_t_{}_{}_{}",
@@ -54,36 +124,25 @@ pub async fn fresh_database(server: &str) -> String {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0)
     );
-    let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls)
+    connect(server, tokio_postgres::NoTls)
         .await
-        .expect("connect to the test server");
-    tokio::spawn(connection);
-    client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await
         .expect("create a test database");
     with_database(server, &name)
 }
 
-/// A direct connection for inspecting a test database.
-pub async fn inspect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(connection);
-    client
-}
-
-/// One "node": a store on `url` with its own bus, and everything it published.
+/// One "node": a store on the test database with its own bus, and everything it
+/// published.
 pub struct Node {
     pub store: Arc<PgStore>,
     pub bus: Arc<InProcessBus>,
     pub published: Arc<parking_lot::Mutex<Vec<Event>>>,
 }
 
-pub async fn node(url: &str, name: &str) -> Node {
+pub async fn node(db: &TestDb, name: &str) -> Node {
     let bus = Arc::new(InProcessBus::new());
-    let mut options = PgOptions::new(url);
+    let mut options = db.options();
     options.node_name = name.into();
     options.pool_size = 8;
     options.partitions = 4;
