@@ -29,4 +29,7 @@ pub mod close {
     pub const HELLO_TIMEOUT: u16 = 4008;
     /// The client sent frames faster than allowed for too long.
     pub const RATE_LIMITED: u16 = 4029;
+    /// The server could not serve the connection now (its store is unreachable, say):
+    /// reconnect with backoff, keeping the token (the standard 1011).
+    pub const UNAVAILABLE: u16 = 1011;
 }

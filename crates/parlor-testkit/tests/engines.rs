@@ -406,7 +406,10 @@ fn shared_engines_give_each_spec_its_own_database_and_namespace() -> Result<()> 
         assert!(Path::new(path).is_file(), "{key} {path}");
     }
     let secret = get("PARLOR_AUTH__JWT_SECRET").context("jwt secret")?;
-    assert!(secret.len() >= 32, "nodes of one cluster share a valid token key");
+    assert!(
+        secret.len() >= 32,
+        "nodes of one cluster share a valid token key"
+    );
     assert_eq!(env.len(), 10);
 
     // The database lives as long as a clone of its spec.

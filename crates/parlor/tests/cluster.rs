@@ -1589,8 +1589,6 @@ async fn postgres_killed_mid_traffic_acknowledges_only_what_it_stored() {
 /// reading the backlog closes with 1011; checking the session in `hello` is the same
 /// store call and should close the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: hello during a store outage closes with 4001 (bad token) instead of a \
-            retryable code; see ws/connection.rs handshake"]
 async fn connecting_during_a_postgres_outage_is_retryable_not_unauthorized() {
     let cluster = Cluster::start(&[]);
     let urls = cluster.urls();

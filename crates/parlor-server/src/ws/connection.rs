@@ -145,15 +145,14 @@ async fn handshake(
             Ok(p) => p,
             Err(e) => {
                 state.metrics.error(e.code);
-                {
-                    close(
-                        socket,
-                        close::UNAUTHORIZED,
-                        &format!("{}: {}", e.code, e.message),
-                    )
-                    .await;
-                    return None;
-                }
+                // Only a bad token means "log in again"; a store that cannot check the
+                // session right now means "come back later, token and all".
+                let code = match e.code {
+                    ErrorCode::Unavailable | ErrorCode::Internal => close::UNAVAILABLE,
+                    _ => close::UNAUTHORIZED,
+                };
+                close(socket, code, &format!("{}: {}", e.code, e.message)).await;
+                return None;
             }
         },
         (None, None) => {
@@ -237,7 +236,9 @@ impl Connection {
             },
             None => match self.state.chat.store().head().await {
                 Ok(head) => head,
-                Err(e) => return End::Close(1011, format!("{}: {}", e.code, e.message)),
+                Err(e) => {
+                    return End::Close(close::UNAVAILABLE, format!("{}: {}", e.code, e.message))
+                }
             },
         };
         self.last_sent = head;
@@ -289,13 +290,15 @@ impl Connection {
             .chat
             .backlog(self.principal.user, since)
             .await
-            .map_err(|e| End::Close(1011, format!("{}: {}", e.code, e.message)))?;
+            .map_err(|e| End::Close(close::UNAVAILABLE, format!("{}: {}", e.code, e.message)))?;
         let mut pages = backlog.pages;
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| End::Close(1011, format!("{}: {}", e.code, e.message)))?;
+            let page = page.map_err(|e| {
+                End::Close(close::UNAVAILABLE, format!("{}: {}", e.code, e.message))
+            })?;
             for event in &page {
                 let text = serde_json::to_string(&event.frame)
-                    .map_err(|_| End::Close(1011, "internal".into()))?;
+                    .map_err(|_| End::Close(close::UNAVAILABLE, "internal".into()))?;
                 if matches!(event.frame, ServerFrame::Message(_)) {
                     self.state.metrics.messages_delivered.inc();
                 }
@@ -343,7 +346,8 @@ impl Connection {
 
     /// Buffers a frame; it leaves with the next flush.
     async fn queue(&mut self, frame: &ServerFrame) -> Step {
-        let text = serde_json::to_string(frame).map_err(|_| End::Close(1011, "internal".into()))?;
+        let text = serde_json::to_string(frame)
+            .map_err(|_| End::Close(close::UNAVAILABLE, "internal".into()))?;
         bounded(
             self.write_timeout,
             self.socket.feed(Message::Text(text.into())),
