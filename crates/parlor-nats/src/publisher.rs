@@ -11,7 +11,7 @@ use async_nats::jetstream;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parlor_core::model::Event;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -60,7 +60,7 @@ pub(crate) async fn run(
                         Ok(ack) => acks.push(std::future::IntoFuture::into_future(ack)),
                         Err(e) => {
                             stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, pos = first_pos, "publish failed, subscribers will read the event log");
+                            warn_throttled(&format!("publish failed: {e}"));
                         }
                     }
                     while acks.len() >= MAX_PENDING_ACKS {
@@ -85,8 +85,35 @@ fn record(
         }
         Err(e) => {
             stats.publish_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "publish not acknowledged, subscribers will read the event log");
+            warn_throttled(&format!("publish not acknowledged: {e}"));
         }
+    }
+}
+
+/// Logs a publish failure at most once a second with how many there were: while
+/// JetStream has no leader every publish fails, thousands a second, and the failures
+/// cost nothing but delay (subscribers read the event log), so one line says enough.
+fn warn_throttled(what: &str) {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1000
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            error = what,
+            more_since_last = suppressed,
+            "publishing to jetstream fails; subscribers read the event log meanwhile"
+        );
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

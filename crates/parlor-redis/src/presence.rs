@@ -15,6 +15,7 @@
 //! Redis restarts empty, the next heartbeat puts every connected user back and reports
 //! them as online again, which is harmless to clients that already thought so.
 
+use crate::connection::RedisConn;
 use crate::connection::RedisOptions;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -24,7 +25,6 @@ use parlor_core::ports::Presence;
 use parlor_core::presence::status_text;
 use parlor_proto::rest::{Availability, PresenceView};
 use parlor_proto::Id;
-use redis::aio::ConnectionManager;
 use redis::Script;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -69,7 +69,7 @@ struct Keys {
 }
 
 pub struct RedisPresence {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
     node: String,
     grace_ms: i64,
@@ -97,7 +97,7 @@ impl RedisPresence {
     /// `grace_ms`: how long a user stays online after their last device left; also the
     /// longest a crashed node's users stay online. The heartbeat runs five times per grace
     /// period, so a live node's users never lapse.
-    pub fn start(conn: ConnectionManager, options: &RedisOptions, grace_ms: i64) -> Arc<Self> {
+    pub fn start(conn: RedisConn, options: &RedisOptions, grace_ms: i64) -> Arc<Self> {
         let prefix = format!("{}:presence:", options.namespace);
         let presence = Arc::new(RedisPresence {
             conn,

@@ -6,10 +6,10 @@
 //! agree. Buckets expire once they would be full again. If Redis cannot be reached, the
 //! limiter lets the request through and logs it: a limiter must not take the service down.
 
+use crate::connection::RedisConn;
 use crate::connection::RedisOptions;
 use async_trait::async_trait;
 use parlor_core::ports::{RateLimiter, RateRule};
-use redis::aio::ConnectionManager;
 use redis::Script;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,7 +37,7 @@ return wait
 "#;
 
 pub struct RedisRateLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     take: Script,
     /// Checks let through because Redis did not answer (exported as a metric).
@@ -45,7 +45,7 @@ pub struct RedisRateLimiter {
 }
 
 impl RedisRateLimiter {
-    pub fn new(conn: ConnectionManager, options: &RedisOptions) -> Self {
+    pub fn new(conn: RedisConn, options: &RedisOptions) -> Self {
         RedisRateLimiter {
             conn,
             prefix: format!("{}:rate:", options.namespace),

@@ -13,12 +13,12 @@
 //! unreachable for that one call but serving others), a stale page can live until its
 //! expiry: that is what [`PAGE_TTL`] bounds.
 
+use crate::connection::RedisConn;
 use crate::connection::RedisOptions;
 use async_trait::async_trait;
 use parlor_core::model::ConvId;
 use parlor_core::ports::RecentCache;
 use parlor_proto::rest::History;
-use redis::aio::ConnectionManager;
 use redis::Script;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,7 +48,7 @@ return false
 "#;
 
 pub struct RedisRecentCache {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     put: Script,
     get: Script,
@@ -57,7 +57,7 @@ pub struct RedisRecentCache {
 }
 
 impl RedisRecentCache {
-    pub fn new(conn: ConnectionManager, options: &RedisOptions) -> Self {
+    pub fn new(conn: RedisConn, options: &RedisOptions) -> Self {
         RedisRecentCache {
             conn,
             prefix: format!("{}:recent:", options.namespace),
