@@ -12,7 +12,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use crate::support::{User, WAIT};
+use crate::support::{user, User, WAIT};
 use parlor_client::proto::admin::UserNodes;
 use parlor_client::proto::rest::{MessageView, PresenceView, Readiness};
 use parlor_client::proto::ws::{Ack, ErrorFrame, MessageEvent, ServerFrame};
@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// The admin API credential every node gets (the API wants 32 characters or more).
@@ -96,6 +97,118 @@ impl Cluster {
     /// SIGKILL node `i`.
     pub fn kill(&mut self, node: usize) {
         tokio::task::block_in_place(|| self.nodes[node].kill()).expect("kill node");
+    }
+
+    /// One account per node, the one made on node `i` named after `names[i]`: accounts
+    /// made anywhere live in the shared store.
+    pub async fn trio(&self, names: [&'static str; 3]) -> Trio {
+        let mut users = Vec::new();
+        for (node, name) in names.into_iter().enumerate() {
+            users.push(user(&self.http(node), name).await);
+        }
+        Trio {
+            names,
+            users: users.try_into().expect("three users"),
+        }
+    }
+
+    /// A group made by `creator` through `node`.
+    pub async fn group(&self, node: usize, creator: &User, name: &str, members: &[Id]) -> Id {
+        self.http(node)
+            .create_group(&creator.token, name, members)
+            .await
+            .unwrap_or_else(|e| panic!("create group {name}: {e}"))
+            .id
+    }
+
+    /// The direct conversation of `opener` and `other`, opened through `node`.
+    pub async fn direct(&self, node: usize, opener: &User, other: Id) -> Id {
+        self.http(node)
+            .open_direct(&opener.token, other)
+            .await
+            .expect("open direct")
+            .id
+    }
+
+    /// Alice (made on n1), Bob (made on n2) and their direct conversation, opened by
+    /// Alice through n1.
+    pub async fn alice_and_bob(&self) -> Pair {
+        let alice = user(&self.http(0), "alice").await;
+        let bob = user(&self.http(1), "bob").await;
+        let conv = self.direct(0, &alice, bob.id).await;
+        Pair { alice, bob, conv }
+    }
+
+    /// Waits until every node's `/readyz` answers 200 again: nodes recover from an
+    /// engine outage by themselves, without a restart.
+    pub async fn until_all_ready(&self) {
+        for node in 0..self.nodes.len() {
+            let http = self.http(node);
+            eventually("ready again", WAIT, || {
+                let http = http.clone();
+                async move { (readyz(&http).await.0 == 200).then_some(()) }
+            })
+            .await;
+        }
+    }
+
+    /// Every node's `/readyz` answers 503 and names the store.
+    pub async fn assert_store_unready_everywhere(&self) {
+        for (node, name) in NODE_NAMES.iter().enumerate() {
+            let (status, ready) = readyz(&self.http(node)).await;
+            assert_eq!(status, 503, "{name}: {ready:?}");
+            assert_ne!(
+                ready.engines.get("store").map(String::as_str),
+                Some("ok"),
+                "{ready:?}"
+            );
+        }
+    }
+}
+
+/// See [`Cluster::trio`].
+pub struct Trio {
+    pub names: [&'static str; 3],
+    pub users: [User; 3],
+}
+
+impl Trio {
+    /// The standard traffic: each user's device on the node the user was made on, all
+    /// three sending into `room`, and the first two, who share `direct`, into it too,
+    /// starting with different conversations.
+    pub fn roles(
+        &self,
+        room: Id,
+        direct: Id,
+        plan: impl Fn(Vec<Id>, Vec<Id>) -> Plan,
+    ) -> Vec<Role<'_>> {
+        let [first, second, third] = &self.users;
+        let both = || vec![room, direct];
+        vec![
+            (self.names[0], first, 0, plan(both(), both())),
+            (self.names[1], second, 1, plan(vec![direct, room], both())),
+            (self.names[2], third, 2, plan(vec![room], vec![room])),
+        ]
+    }
+}
+
+/// Two users with a direct conversation; see [`Cluster::alice_and_bob`].
+pub struct Pair {
+    pub alice: User,
+    pub bob: User,
+    pub conv: Id,
+}
+
+impl Pair {
+    /// Alice connected to n1 and Bob to n2, both synced.
+    pub async fn connect(&self, urls: &[String]) -> (WsClient, WsClient) {
+        let (alice_ws, _, _) = connect_synced(&urls[0], &self.alice.token, None)
+            .await
+            .expect("alice on n1");
+        let (bob_ws, _, _) = connect_synced(&urls[1], &self.bob.token, None)
+            .await
+            .expect("bob on n2");
+        (alice_ws, bob_ws)
     }
 }
 
@@ -196,6 +309,41 @@ pub struct Plan {
     /// Resend a send answered by `unavailable` (same cid, after a short pause) instead
     /// of recording the error; for store outages.
     pub retry_unavailable: bool,
+}
+
+impl Plan {
+    /// Sends into `send_to` with eight sends in flight, and neither reconnects nor
+    /// retries: a break or an error is recorded for the checks to find.
+    pub fn new(send_to: Vec<Id>, member_of: Vec<Id>) -> Plan {
+        Plan {
+            send_to,
+            member_of,
+            window: 8,
+            reconnect: false,
+            retry_unavailable: false,
+        }
+    }
+
+    /// Only receives.
+    pub fn receiver(member_of: Vec<Id>) -> Plan {
+        Plan::new(Vec::new(), member_of)
+    }
+
+    /// For a scenario that kills the device's node.
+    pub fn reconnecting(self) -> Plan {
+        Plan {
+            reconnect: true,
+            ..self
+        }
+    }
+
+    /// For a scenario that takes the store away.
+    pub fn retrying_unavailable(self) -> Plan {
+        Plan {
+            retry_unavailable: true,
+            ..self
+        }
+    }
 }
 
 /// One send as written to the socket (first attempt).
@@ -313,6 +461,8 @@ pub struct Device {
     pub breaks: Vec<String>,
     /// Set when the device gave up waiting for messages.
     pub gave_up: Option<String>,
+    /// [`Plan::member_of`] of the plan it ran: the streams the checks compare.
+    pub member_of: Vec<Id>,
     ws: Option<WsClient>,
     progress: Arc<Progress>,
 }
@@ -349,6 +499,7 @@ impl Device {
             disconnects: Vec::new(),
             breaks: Vec::new(),
             gave_up: None,
+            member_of: Vec::new(),
             ws: Some(ws),
             progress,
         }
@@ -361,11 +512,12 @@ impl Device {
     /// Runs the device on its own task: sends (per `plan`) until [`Control::stop`],
     /// settles, then reads until it has every message of [`Control::expect_totals`].
     pub fn spawn(
-        self,
+        mut self,
         plan: Plan,
         urls: Arc<Vec<String>>,
         control: &Control,
-    ) -> tokio::task::JoinHandle<Device> {
+    ) -> JoinHandle<Device> {
+        self.member_of = plan.member_of.clone();
         let stop = control.stop.subscribe();
         let totals = control.totals.subscribe();
         let done = control.done_tx.clone();
@@ -727,27 +879,155 @@ pub fn check_acks(devices: &[Device], histories: &HashMap<Id, Vec<MessageView>>)
     }
 }
 
-/// Stops the devices, waits for them to settle, reads every conversation's history from
-/// `http` (as `reader`, a member of all of them), hands the totals to the devices and
-/// collects them.
-pub async fn finish(
-    control: &mut Control,
-    tasks: Vec<tokio::task::JoinHandle<Device>>,
-    http: &Http,
-    readers: &[(Id, &User)],
-) -> (Vec<Device>, HashMap<Id, Vec<MessageView>>) {
-    control.stop();
-    control.settled(tasks.len()).await;
-    let mut histories = HashMap::new();
-    for (conv, reader) in readers {
-        histories.insert(*conv, history(http, &reader.token, *conv).await);
+/// What every traffic scenario ends with: each history is seq 1..N with nothing stored
+/// twice, every send settled as the stored message, no device broke off, and each
+/// device's stream of each of its conversations is exactly the history.
+pub fn check_traffic(devices: &[Device], histories: &HashMap<Id, Vec<MessageView>>) {
+    for (conv, h) in histories {
+        check_history(&format!("{conv}"), h);
     }
-    control.expect_totals(histories.iter().map(|(c, h)| (*c, h.len())).collect());
+    check_acks(devices, histories);
+    for d in devices {
+        assert!(d.breaks.is_empty(), "{}: {:?}", d.label, d.breaks);
+        // A device that never ran a plan would have no streams to compare.
+        assert!(!d.member_of.is_empty(), "{}: member of nothing", d.label);
+        for conv in &d.member_of {
+            check_stream(d, *conv, &histories[conv]);
+        }
+    }
+}
+
+/// Each device's sends to a conversation were stored in the order it first wrote them:
+/// sends of one connection keep their order. (Not so once a device resends after a
+/// reconnect or an `unavailable`.)
+pub fn check_sends_kept_order(devices: &[Device]) {
+    for device in devices {
+        for &conv in &device.member_of {
+            let seqs: Vec<u64> = device
+                .sent
+                .iter()
+                .filter(|s| s.conv == conv)
+                .map(|s| device.acks[&s.cid].seq)
+                .collect();
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "{}: pipelined sends to {conv} were stored out of order: {seqs:?}",
+                device.label
+            );
+        }
+    }
+}
+
+/// Device `u{i}` of `users[i]` connected to node `i`, each to send into `room`, its only
+/// conversation; not started yet.
+pub async fn room_senders(urls: &[String], users: &[User], room: Id) -> Vec<(Device, Plan)> {
     let mut devices = Vec::new();
-    for t in tasks {
-        devices.push(t.await.expect("device task"));
+    for (node, user) in users.iter().enumerate() {
+        let device = Device::connect(&format!("u{node}"), user, urls, node).await;
+        devices.push((device, Plan::new(vec![room], vec![room])));
     }
-    (devices, histories)
+    devices
+}
+
+/// A device to connect for [`Traffic::connect`]: label, user, node, plan.
+pub type Role<'a> = (&'a str, &'a User, usize, Plan);
+
+/// Devices running their [`Plan`]s, and the test's hold on them.
+pub struct Traffic {
+    control: Control,
+    tasks: Vec<JoinHandle<Device>>,
+    progress: Vec<Arc<Progress>>,
+    /// Which devices send: only they make progress to wait for.
+    sends: Vec<bool>,
+}
+
+impl Traffic {
+    /// Spawns connected devices, each running its plan.
+    pub fn start(urls: &Arc<Vec<String>>, devices: Vec<(Device, Plan)>) -> Traffic {
+        let control = Control::default();
+        let progress = devices.iter().map(|(d, _)| d.progress()).collect();
+        let sends = devices.iter().map(|(_, p)| !p.send_to.is_empty()).collect();
+        let tasks = devices
+            .into_iter()
+            .map(|(d, p)| d.spawn(p, Arc::clone(urls), &control))
+            .collect();
+        Traffic {
+            control,
+            tasks,
+            progress,
+            sends,
+        }
+    }
+
+    /// Connects one device per `(label, user, node, plan)`, in order, and starts them.
+    pub async fn connect(urls: &Arc<Vec<String>>, roles: Vec<Role<'_>>) -> Traffic {
+        let mut devices = Vec::new();
+        for (label, user, node, plan) in roles {
+            devices.push((Device::connect(label, user, urls, node).await, plan));
+        }
+        Traffic::start(urls, devices)
+    }
+
+    pub fn progress(&self) -> &[Arc<Progress>] {
+        &self.progress
+    }
+
+    /// Acknowledged sends so far, per device.
+    pub fn acked(&self) -> Vec<usize> {
+        self.progress
+            .iter()
+            .map(|p| p.acked.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Waits until every sending device has `n` sends acknowledged.
+    pub async fn until_acked(&self, what: &str, n: usize) {
+        let none = vec![0; self.progress.len()];
+        self.until_acked_since(what, &none, n).await;
+    }
+
+    /// Waits until every sending device has `n` more sends acknowledged than now.
+    pub async fn until_more_acked(&self, what: &str, n: usize) {
+        let now = self.acked();
+        self.until_acked_since(what, &now, n).await;
+    }
+
+    /// Waits until every sending device has `n` more sends acknowledged than at `since`
+    /// (an earlier [`Traffic::acked`]): traffic flows in the phase the test is in.
+    pub async fn until_acked_since(&self, what: &str, since: &[usize], n: usize) {
+        assert_eq!(since.len(), self.progress.len(), "{what}: {since:?}");
+        until_progress(what, &self.progress, |acked| {
+            acked
+                .iter()
+                .zip(since)
+                .zip(&self.sends)
+                .all(|((&now, &before), &sends)| !sends || now >= before + n)
+        })
+        .await;
+    }
+
+    /// Stops the devices, waits for them to settle, reads every conversation's history
+    /// from `http` (as the reader given for it), hands the totals to the devices and
+    /// collects them.
+    pub async fn finish(
+        mut self,
+        http: &Http,
+        readers: &[(Id, &User)],
+    ) -> (Vec<Device>, HashMap<Id, Vec<MessageView>>) {
+        self.control.stop();
+        self.control.settled(self.tasks.len()).await;
+        let mut histories = HashMap::new();
+        for (conv, reader) in readers {
+            histories.insert(*conv, history(http, &reader.token, *conv).await);
+        }
+        self.control
+            .expect_totals(histories.iter().map(|(c, h)| (*c, h.len())).collect());
+        let mut devices = Vec::new();
+        for t in self.tasks {
+            devices.push(t.await.expect("device task"));
+        }
+        (devices, histories)
+    }
 }
 
 /// Waits until `pred` holds for the devices' progress.
