@@ -102,6 +102,17 @@ impl ClusterEngines {
                 nats_servers,
                 postgres_fsync,
             })?;
+            // The default (1 GB) lets the WAL of a few benchmark phases pile up before a
+            // checkpoint recycles it; on a shared machine's disk that matters more than
+            // the extra checkpoints (one per ~150,000 direct messages at ~1.7 KB each).
+            engines
+                .postgres
+                .psql("postgres", "ALTER SYSTEM SET max_wal_size = '256MB'")
+                .context("set max_wal_size")?;
+            engines
+                .postgres
+                .psql("postgres", "SELECT pg_reload_conf()")
+                .context("reload PostgreSQL's settings")?;
             if postgres_insight {
                 // The library must be loaded at server start: set it, then restart
                 // (before any node connects).

@@ -30,6 +30,11 @@ pub struct DirectArgs {
     /// Bytes of message text.
     #[arg(long, default_value_t = 64)]
     pub text_bytes: usize,
+    /// Seconds of traffic at the (first) rate before the measured phases, not reported
+    /// (caches, prepared statements, JetStream consumers and PostgreSQL's relations
+    /// warm up); its deliveries are still checked.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
     /// Cluster mode: seconds of measuring every process with the connections open and
     /// no traffic, before the first phase (0: none).
     #[arg(long, default_value_t = 5.0)]
@@ -106,6 +111,16 @@ pub async fn run(bench: &Bench, args: &DirectArgs) -> anyhow::Result<bool> {
     let mut runs = Vec::new();
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    if args.warmup > 0.0 {
+        let spec = PhaseSpec {
+            rate: rates[0],
+            duration: super::secs(args.warmup)?,
+            grace: super::secs(args.grace)?,
+        };
+        let warmup = traffic.run_phase(spec, &census, "warm-up").await?;
+        let mut ignored = Vec::new();
+        super::judge_phase("warm-up", &warmup, &mut problems, &mut ignored);
+    }
     for rate in rates {
         let label = format!("direct {}/s", report::count(rate.round() as u64));
         let spec = PhaseSpec {

@@ -31,6 +31,11 @@ pub struct FanoutArgs {
     /// Bytes of message text.
     #[arg(long, default_value_t = 64)]
     pub text_bytes: usize,
+    /// Seconds of traffic at the (first) rate before the measured phases, not reported
+    /// (caches, prepared statements, JetStream consumers and PostgreSQL's relations
+    /// warm up); its deliveries are still checked.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
     /// Cluster mode: seconds of measuring every process with the connections open and
     /// no traffic, before the first phase (0: none).
     #[arg(long, default_value_t = 5.0)]
@@ -113,14 +118,24 @@ pub async fn run(bench: &Bench, args: &FanoutArgs) -> anyhow::Result<bool> {
         "fanout {g}×{k} at {}/s",
         report::count(args.rate.round() as u64)
     );
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    if args.warmup > 0.0 {
+        let spec = PhaseSpec {
+            rate: args.rate,
+            duration: super::secs(args.warmup)?,
+            grace: super::secs(args.grace)?,
+        };
+        let warmup = traffic.run_phase(spec, &census, "warm-up").await?;
+        let mut ignored = Vec::new();
+        super::judge_phase("warm-up", &warmup, &mut problems, &mut ignored);
+    }
     let spec = PhaseSpec {
         rate: args.rate,
         duration: super::secs(args.duration)?,
         grace: super::secs(args.grace)?,
     };
     let run = traffic.run_phase(spec, &census, &label).await?;
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
     super::judge_phase(&label, &run, &mut problems, &mut warnings);
     problems.extend(
         traffic
