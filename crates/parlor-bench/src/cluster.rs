@@ -124,6 +124,21 @@ impl ClusterEngines {
                     )
                     .context("enable pg_stat_statements")?;
                 engines.postgres.restart().context("restart PostgreSQL")?;
+                // Planning time too (known once the library is loaded): with custom
+                // plans (the first executions of each prepared statement, or whenever
+                // PostgreSQL finds them cheaper) it is paid on every execution and is
+                // not part of the execution time.
+                engines
+                    .postgres
+                    .psql(
+                        "postgres",
+                        "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
+                    )
+                    .context("enable planning statistics")?;
+                engines
+                    .postgres
+                    .psql("postgres", "SELECT pg_reload_conf()")
+                    .context("reload PostgreSQL's settings")?;
             }
             let spec = engines.spec_for_new_test()?;
             anyhow::Ok((engines, spec))

@@ -65,10 +65,14 @@ pub struct WaitShare {
 pub struct Statement {
     pub query: String,
     pub calls: i64,
+    /// Execution time (wall: lock waits included).
     pub total_ms: f64,
     pub mean_ms: f64,
+    /// Planning time, over `plans` plannings (0 when a cached generic plan was used).
+    pub plan_ms: f64,
+    pub plans: i64,
     pub rows: i64,
-    /// Time inside this statement per message of the window, in µs.
+    /// Time inside this statement (planning + execution) per message, in µs.
     pub us_per_message: Option<f64>,
 }
 
@@ -219,10 +223,11 @@ impl PgProbe {
         let rows = self
             .client
             .query(
-                "SELECT query, calls, total_exec_time, rows FROM pg_stat_statements
+                "SELECT query, calls, total_exec_time, rows, total_plan_time, plans
+                 FROM pg_stat_statements
                  WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
                    AND query NOT LIKE '%pg_stat_%'
-                 ORDER BY total_exec_time DESC LIMIT $1",
+                 ORDER BY total_exec_time + total_plan_time DESC LIMIT $1",
                 &[&TOP_STATEMENTS],
             )
             .await
@@ -232,13 +237,16 @@ impl PgProbe {
             .map(|row| {
                 let calls: i64 = row.get(1);
                 let total_ms: f64 = row.get(2);
+                let plan_ms: f64 = row.get(4);
                 Statement {
                     query: shorten(&row.get::<_, String>(0)),
                     calls,
                     total_ms: crate::report::round3(total_ms),
                     mean_ms: crate::report::round3(total_ms / calls.max(1) as f64),
+                    plan_ms: crate::report::round3(plan_ms),
+                    plans: row.get(5),
                     rows: row.get(3),
-                    us_per_message: per(total_ms * 1000.0),
+                    us_per_message: per((total_ms + plan_ms) * 1000.0),
                 }
             })
             .collect();

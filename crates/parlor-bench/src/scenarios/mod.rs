@@ -672,8 +672,8 @@ fn print_engines(phases: &[crate::traffic::PhaseResult], header: &[&str]) {
         }
         if !figures.statements.is_empty() {
             let mut table = report::Table::new(
-                format!("{label}: PostgreSQL statements by time inside them (wall time)"),
-                &["statement", "calls", "total", "mean", "µs/message"],
+                format!("{label}: PostgreSQL statements by time inside them (wall time, planning + execution)"),
+                &["statement", "calls", "exec total", "exec mean", "planning (n)", "µs/message"],
             );
             for st in &figures.statements {
                 table.row(vec![
@@ -681,6 +681,7 @@ fn print_engines(phases: &[crate::traffic::PhaseResult], header: &[&str]) {
                     report::count(st.calls.max(0) as u64),
                     format!("{:.1} ms", st.total_ms),
                     format!("{:.3} ms", st.mean_ms),
+                    format!("{:.1} ms ({})", st.plan_ms, st.plans),
                     report::or_na(st.us_per_message, |v| format!("{v:.1}")),
                 ]);
             }
