@@ -8,6 +8,11 @@
 //!
 //! # Layout
 //! - [`server`]: spawning or attaching to the server; RSS and CPU time from `/proc`.
+//! - [`cluster`]: cluster mode: the engines (through `parlor-testkit`) and N nodes.
+//! - [`census`]: CPU time and memory of every process of a run (nodes, engines,
+//!   generator), for "where the time goes".
+//! - [`pg`]: PostgreSQL's transactions, WAL, statements and wait events per window.
+//! - [`scrape`]: the nodes' own latency histograms and bus counters from `/metrics`.
 //! - [`provision`]: users and conversations through the admin API.
 //! - [`conn`]: raw WebSocket sessions bound to chosen loopback source addresses.
 //! - [`worker`]: the hidden `worker` subcommand holding connections in child processes.
@@ -17,10 +22,14 @@
 //! - [`scenarios`]: one module per subcommand.
 
 mod bulk;
+mod census;
+mod cluster;
 mod conn;
+mod pg;
 mod provision;
 mod report;
 mod scenarios;
+mod scrape;
 mod server;
 mod stats;
 mod traffic;
@@ -52,15 +61,35 @@ pub struct CommonArgs {
     /// The `parlor` binary to spawn [default: `parlor` next to this executable].
     #[arg(long, global = true)]
     pub server_bin: Option<PathBuf>,
-    /// Target an already running server (http://host:port) instead of spawning one.
+    /// Target an already running server (http://host:port) instead of spawning one; a
+    /// comma-separated list targets the nodes of a running cluster (clients are spread
+    /// over them, the first one provisions).
     #[arg(long, global = true, requires = "admin_token")]
     pub url: Option<String>,
-    /// The running server's admin token (with --url).
+    /// The running server's admin token (with --url; the same on every node).
     #[arg(long, global = true)]
     pub admin_token: Option<String>,
-    /// The running server's process id (with --url), to report its RSS and CPU time.
+    /// The running server's process id (with --url; one per URL, comma-separated), to
+    /// report its RSS and CPU time.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Cluster mode: start PostgreSQL, NATS JetStream and Redis on this machine
+    /// (parlor-testkit's engines) and this many `parlor serve` nodes on them; clients are
+    /// spread over the nodes round robin. 0: one embedded server.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub cluster_nodes: usize,
+    /// NATS servers of the cluster (1, or 3 for a three-replica stream).
+    #[arg(long, global = true, default_value_t = 3)]
+    pub nats_servers: usize,
+    /// PostgreSQL with `fsync = on` and `full_page_writes = on` (durable against an OS
+    /// crash, like the embedded `durability = "fsync"`); by default off, like the test
+    /// kit (a commit survives a crash of PostgreSQL, like the embedded "process").
     #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    pub pg_fsync: bool,
+    /// Cluster mode: load `pg_stat_statements` and sample PostgreSQL's wait events
+    /// during each phase (time per statement; what the busy backends wait for).
+    #[arg(long, global = true)]
+    pub pg_insight: bool,
     /// Extra environment for the spawned server, e.g. `PARLOR_DURABILITY=fsync`
     /// (repeatable; applied after the benchmark's own settings).
     #[arg(long = "server-env", global = true, value_name = "KEY=VALUE", value_parser = parse_key_value)]

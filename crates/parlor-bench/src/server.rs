@@ -60,34 +60,72 @@ impl Probe {
 
     pub fn sample(&self) -> anyhow::Result<ProcSample> {
         let pid = self.pid;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .with_context(|| format!("read /proc/{pid}/status (is the server still running?)"))?;
-        let rss_kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .context("no VmRSS in /proc/<pid>/status")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("read /proc/{pid}/stat"))?;
-        // The command name (field 2) may contain spaces: count fields after its ')'.
-        let after_name = stat
-            .rfind(')')
-            .map(|i| &stat[i + 1..])
-            .context("malformed /proc/<pid>/stat")?;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        // fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12.
-        let tick = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .context("malformed /proc/<pid>/stat")
-        };
-        let ticks = tick(11)? + tick(12)?;
+        let rss_bytes = read_rss(pid)
+            .with_context(|| format!("/proc/{pid}/status (is the server still running?)"))?;
+        let stat = read_stat(pid)?;
         Ok(ProcSample {
-            rss_bytes: rss_kib * 1024,
-            cpu_secs: ticks as f64 / self.clk_tck,
+            rss_bytes,
+            cpu_secs: (stat.utime + stat.stime) as f64 / self.clk_tck,
         })
     }
+}
+
+/// The fields of `/proc/<pid>/stat` the benchmark uses; times in clock ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub ppid: u32,
+    pub utime: u64,
+    pub stime: u64,
+    /// CPU time of children this process waited for (PostgreSQL's postmaster reaps its
+    /// backends, so their time moves here when they exit).
+    pub cutime: u64,
+    pub cstime: u64,
+}
+
+pub fn read_stat(pid: u32) -> anyhow::Result<Stat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // The command name (field 2) may contain spaces: count fields after its ')'.
+    let after_name = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // fields[0] is field 3 (state): ppid (4) is at 1, utime (14) and stime (15) at 11
+    // and 12, cutime (16) and cstime (17) at 13 and 14.
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("malformed /proc/<pid>/stat")
+    };
+    Ok(Stat {
+        ppid: u32::try_from(field(1)?).context("malformed ppid in /proc/<pid>/stat")?,
+        utime: field(11)?,
+        stime: field(12)?,
+        cutime: field(13)?,
+        cstime: field(14)?,
+    })
+}
+
+/// `VmRSS` of a process, in bytes.
+pub fn read_rss(pid: u32) -> anyhow::Result<u64> {
+    status_kib(&format!("/proc/{pid}/status"), "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// `Pss` of a process in bytes (`/proc/<pid>/smaps_rollup`): its share of each page it
+/// maps, so that the sum over processes sharing memory (PostgreSQL's backends and their
+/// shared buffers) counts each page once.
+pub fn read_pss(pid: u32) -> anyhow::Result<u64> {
+    status_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:").map(|kib| kib * 1024)
+}
+
+fn status_kib(path: &str, key: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .with_context(|| format!("no {key} in {path}"))
 }
 
 pub struct Server {
@@ -104,10 +142,36 @@ pub struct Server {
     data_dir: Option<TempDir>,
 }
 
+/// How to spawn one `parlor serve` process.
+pub struct Launch<'a> {
+    /// The admin token; the nodes of a cluster share one.
+    pub admin_token: String,
+    /// Settings of the deployment (cluster mode), before the benchmark's own.
+    pub base_env: Vec<(String, String)>,
+    /// `--server-env`, applied last.
+    pub extra_env: &'a [(String, String)],
+    /// The node's name in cluster mode: its stderr lines are prefixed with it.
+    pub node_name: Option<String>,
+}
+
 impl Server {
     /// Spawns `bin serve --listen 127.0.0.1:0 --data-dir <temp>` with the admin API on
     /// and rate limits relaxed, and waits for `parlor listening on <url>` on its stdout.
     pub async fn spawn(bin: &Path, extra_env: &[(String, String)]) -> anyhow::Result<Server> {
+        Server::launch(
+            bin,
+            Launch {
+                admin_token: random_token(40),
+                base_env: Vec::new(),
+                extra_env,
+                node_name: None,
+            },
+        )
+        .await
+    }
+
+    /// [`Server::spawn`] with every option (cluster nodes).
+    pub async fn launch(bin: &Path, launch: Launch<'_>) -> anyhow::Result<Server> {
         if !bin.is_file() {
             bail!(
                 "server binary {} not found: build it (`cargo build --release -p parlor`) or pass --server-bin",
@@ -121,7 +185,7 @@ impl Server {
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("create {}", data_dir.display()))?;
-        let admin_token = random_token(40);
+        let admin_token = launch.admin_token;
 
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
@@ -136,6 +200,9 @@ impl Server {
                 cmd.env_remove(&key);
             }
         }
+        for (key, value) in &launch.base_env {
+            cmd.env(key, value);
+        }
         cmd.env("PARLOR_ADMIN_TOKEN", &admin_token)
             .env("PARLOR_WS__MAX_INFLIGHT", "1024")
             .env("RUST_LOG", "warn");
@@ -143,17 +210,32 @@ impl Server {
             cmd.env(format!("PARLOR_RATE__{rule}__BURST"), RELAXED)
                 .env(format!("PARLOR_RATE__{rule}__PER_SECOND"), RELAXED);
         }
-        for (key, value) in extra_env {
+        for (key, value) in launch.extra_env {
             cmd.env(key, value);
         }
+        // A cluster node's log lines are piped and prefixed with its name, so that a
+        // warning says which of the nodes sharing this terminal wrote it.
+        let stderr = if launch.node_name.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         let pid = child.id();
+        if let (Some(name), Some(stderr)) = (launch.node_name.clone(), child.stderr.take()) {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{name}] {line}");
+                }
+            });
+        }
         let stdout = child.stdout.take().context("server stdout not captured")?;
         let mut lines = BufReader::new(stdout).lines();
         let waited = tokio::time::timeout(STARTUP_TIMEOUT, async {
@@ -266,7 +348,7 @@ impl Server {
     }
 }
 
-fn random_token(len: usize) -> String {
+pub fn random_token(len: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(len)
@@ -276,7 +358,7 @@ fn random_token(len: usize) -> String {
 
 /// `sysconf(_SC_CLK_TCK)` through `getconf` (the workspace forbids unsafe code); it is 100
 /// on every Linux this runs on, which is also the fallback.
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -331,18 +413,30 @@ fn machine_busy_secs() -> Option<f64> {
 pub struct Snapshot {
     at: std::time::Instant,
     server: Option<f64>,
+    /// PostgreSQL, NATS and Redis together, in cluster mode.
+    engines: Option<f64>,
     generator: Option<f64>,
     machine: Option<f64>,
 }
 
 impl Snapshot {
     pub fn take(server: &Server) -> Snapshot {
-        Snapshot {
-            at: std::time::Instant::now(),
-            server: server
+        Snapshot::of(
+            server
                 .probe
                 .and_then(|p| p.sample().ok())
                 .map(|s| s.cpu_secs),
+            None,
+        )
+    }
+
+    /// CPU seconds of the server (all nodes) and of the engines, sampled by the caller;
+    /// the generator and the machine are read here.
+    pub fn of(server: Option<f64>, engines: Option<f64>) -> Snapshot {
+        Snapshot {
+            at: std::time::Instant::now(),
+            server,
+            engines,
             generator: Probe::new(std::process::id())
                 .sample()
                 .ok()
@@ -359,6 +453,9 @@ impl Snapshot {
 pub struct CpuUse {
     pub wall_secs: f64,
     pub server_cores: Option<f64>,
+    /// PostgreSQL, NATS and Redis together (cluster mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engines_cores: Option<f64>,
     pub generator_cores: Option<f64>,
     pub others_cores: Option<f64>,
 }
@@ -371,25 +468,34 @@ impl CpuUse {
             _ => None,
         };
         let server = cores(a.server, b.server);
+        let engines = cores(a.engines, b.engines);
         let generator = cores(a.generator, b.generator);
         let machine = cores(a.machine, b.machine);
         let others = match (machine, server, generator) {
-            (Some(m), Some(s), Some(g)) => Some((((m - s - g) * 100.0).round() / 100.0).max(0.0)),
+            (Some(m), Some(s), Some(g)) => {
+                let e = engines.unwrap_or(0.0);
+                Some((((m - s - e - g) * 100.0).round() / 100.0).max(0.0))
+            }
             _ => None,
         };
         CpuUse {
             wall_secs: (wall * 1000.0).round() / 1000.0,
             server_cores: server,
+            engines_cores: engines,
             generator_cores: generator,
             others_cores: others,
         }
     }
 
-    /// `server 0.52 / generator 0.80 / others 0.40 cores`.
+    /// `server 0.52 / generator 0.80 / others 0.40` (cores; engines too in cluster mode).
     pub fn describe(&self) -> String {
         let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into());
+        let engines = self
+            .engines_cores
+            .map(|e| format!(" / engines {e:.2}"))
+            .unwrap_or_default();
         format!(
-            "server {} / generator {} / others {}",
+            "server {}{engines} / generator {} / others {}",
             f(self.server_cores),
             f(self.generator_cores),
             f(self.others_cores)

@@ -12,9 +12,12 @@
 //! needs nothing else to attribute a delivery. All connections live in this process and
 //! share one monotonic clock (`epoch`).
 
+use crate::census::{Census, CensusSample, ComponentUse};
+use crate::cluster::EngineFigures;
 use crate::conn::{self, Incoming, Target, Ws};
 use crate::report::{self, Progress};
-use crate::server::{CpuUse, ProcSample, Server, Snapshot};
+use crate::scrape::{NodeFigures, Scrape};
+use crate::server::CpuUse;
 use crate::stats::{Latency, SharedHist};
 use anyhow::Context;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -121,6 +124,17 @@ pub struct PhaseResult {
     pub server_rss_bytes: Option<u64>,
     /// CPU use over the phase: server, generator, and everything else on the machine.
     pub cpu: CpuUse,
+    /// Every process's share (cluster mode: each node, PostgreSQL, each NATS server,
+    /// Redis, the generator); the `server_*` figures above are the nodes together.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentUse>,
+    /// The nodes' own histograms and bus counters over the phase, summed over nodes
+    /// (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_figures: Option<NodeFigures>,
+    /// What PostgreSQL and NATS did (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engines: Option<EngineFigures>,
     /// `error` frames by code.
     pub error_codes: BTreeMap<String, u64>,
     /// Messages whose per-conversation `seq` did not follow the previous one on some
@@ -310,6 +324,8 @@ struct Connection {
 pub struct Traffic {
     shared: Arc<Shared>,
     connections: Vec<Connection>,
+    /// The node (index into the targets) each member is connected to.
+    node_of: Vec<usize>,
     routes: Vec<(usize, Id)>,
     recipients: u32,
     text: String,
@@ -318,7 +334,10 @@ pub struct Traffic {
 
 impl Traffic {
     /// Connects every member (one session each) and starts its reader and writer.
-    pub async fn connect(target: &Target, plan: Plan) -> anyhow::Result<Traffic> {
+    /// Member `k` connects to `targets[k % targets.len()]` (round robin over the nodes
+    /// of a cluster, as a load balancer without stickiness would).
+    pub async fn connect(targets: &[Target], plan: Plan) -> anyhow::Result<Traffic> {
+        anyhow::ensure!(!targets.is_empty(), "no server to connect to");
         anyhow::ensure!(
             plan.members.len() <= MAX_CONNECTIONS_IN_PROCESS,
             "{} connections in one process is too many (at most {MAX_CONNECTIONS_IN_PROCESS}); \
@@ -349,10 +368,11 @@ impl Traffic {
             futures_util::stream::iter(plan.members.iter().enumerate())
                 .map(|(k, member)| {
                     let opened = opened.clone();
+                    let target = &targets[k % targets.len()];
                     async move {
                         let session = conn::session(
                             target,
-                            target.source(k),
+                            target.source(k / targets.len()),
                             &member.token,
                             conn::busy_config(),
                         )
@@ -379,6 +399,7 @@ impl Traffic {
         Ok(Traffic {
             shared,
             connections,
+            node_of: (0..total).map(|k| k % targets.len()).collect(),
             routes: plan.routes,
             recipients: plan.recipients,
             text: filler(plan.text_bytes),
@@ -391,7 +412,7 @@ impl Traffic {
     pub async fn run_phase(
         &mut self,
         spec: PhaseSpec,
-        server: &Server,
+        census: &Census<'_>,
         label: &str,
     ) -> anyhow::Result<PhaseResult> {
         anyhow::ensure!(spec.rate > 0.0, "the rate must be positive");
@@ -407,8 +428,9 @@ impl Traffic {
             .unwrap_or_else(PoisonError::into_inner) = phase.clone();
         shared.current_id.store(id, Ordering::Release);
         let counters_before = self.counters();
-        let sample_before = server.sample_or_warn();
-        let snapshot_before = Snapshot::take(server);
+        let scrape_before = census.scrape().await;
+        let engines_before = census.engine_counters().await;
+        let sample_before = census.sample();
 
         let progress = {
             let (phase, shared, label) = (phase.clone(), shared.clone(), label.to_owned());
@@ -464,7 +486,7 @@ impl Traffic {
                 break;
             }
             if last_check.elapsed() >= Duration::from_secs(1) {
-                server.check_alive()?;
+                census.check_alive()?;
                 last_check = Instant::now();
             }
             tokio::time::sleep_until((shared.epoch + Duration::from_nanos(intended(i))).into())
@@ -477,26 +499,46 @@ impl Traffic {
         while !phase.settled() && Instant::now() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
             if last_check.elapsed() >= Duration::from_secs(1) {
-                server.check_alive()?;
+                census.check_alive()?;
                 last_check = Instant::now();
             }
         }
         let end_ns = shared.now_ns();
-        let sample_after = server.sample_or_warn();
-        let cpu_use = CpuUse::between(&snapshot_before, &Snapshot::take(server));
+        let sample_after = census.sample();
         drop(progress);
+        let scrape_after = census.scrape().await;
+        let engines = census
+            .engine_figures(engines_before, phase.acked.load(Ordering::Relaxed))
+            .await;
         let counters_after = self.counters();
+        let node_figures = match (scrape_before, scrape_after) {
+            (Some(before), Some(after)) => {
+                let mut total = Scrape::default();
+                for (b, a) in before.iter().zip(&after) {
+                    total.add(&a.delta(b));
+                }
+                Some(total.figures())
+            }
+            _ => None,
+        };
         Ok(result(
             &phase,
             spec,
             PhaseEnd {
                 end_ns,
                 schedule_end_ns,
+                census,
                 samples: (sample_before, sample_after),
                 counters: (counters_before, counters_after),
-                cpu_use,
+                node_figures,
+                engines,
             },
         ))
+    }
+
+    /// The node (index into the targets given to [`Traffic::connect`]) of each member.
+    pub fn node_of(&self) -> &[usize] {
+        &self.node_of
     }
 
     fn counters(&self) -> [u64; 3] {
@@ -510,22 +552,26 @@ impl Traffic {
 }
 
 /// What was measured around a phase, besides the phase's own counters.
-struct PhaseEnd {
+struct PhaseEnd<'a, 'b> {
     end_ns: u64,
     schedule_end_ns: u64,
-    samples: (Option<ProcSample>, Option<ProcSample>),
+    census: &'a Census<'b>,
+    samples: (CensusSample, CensusSample),
     /// Run-wide counters (see [`Traffic::counters`]) before and after.
     counters: ([u64; 3], [u64; 3]),
-    cpu_use: CpuUse,
+    node_figures: Option<NodeFigures>,
+    engines: Option<EngineFigures>,
 }
 
-fn result(phase: &Phase, spec: PhaseSpec, end: PhaseEnd) -> PhaseResult {
+fn result(phase: &Phase, spec: PhaseSpec, end: PhaseEnd<'_, '_>) -> PhaseResult {
     let PhaseEnd {
         end_ns,
         schedule_end_ns,
+        census,
         samples,
         counters,
-        cpu_use,
+        node_figures,
+        engines,
     } = end;
     let recipients = u64::from(phase.recipients);
     let (mut lost, mut fully, mut without_ack) = (0u64, 0u64, 0u64);
@@ -547,9 +593,24 @@ fn result(phase: &Phase, spec: PhaseSpec, end: PhaseEnd) -> PhaseResult {
     let deliveries = phase.deliveries.load(Ordering::Relaxed);
     let elapsed = |ns: u64| ns.saturating_sub(phase.start_ns) as f64 / 1e9;
     let wall = elapsed(end_ns);
-    let cpu = match samples {
-        (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
+    let nodes_before = samples.0.nodes(census);
+    let nodes_after = samples.1.nodes(census);
+    let cpu = match (nodes_before, nodes_after) {
+        (Some(a), Some(b)) => Some(b.0 - a.0),
         _ => None,
+    };
+    let cpu_use = Census::cpu_use(&samples.0, &samples.1);
+    // Every component's share, in cluster mode only: with one embedded server the
+    // server and generator rows already say it all.
+    let components = if census.has_engines() || census.nodes().len() > 1 {
+        census.between(
+            &samples.0,
+            &samples.1,
+            phase.acked.load(Ordering::Relaxed),
+            phase.deliveries.load(Ordering::Relaxed),
+        )
+    } else {
+        Vec::new()
     };
     let per = |n: u64| {
         cpu.and_then(|c| report::ratio(c * 1e6, n as f64))
@@ -593,8 +654,11 @@ fn result(phase: &Phase, spec: PhaseSpec, end: PhaseEnd) -> PhaseResult {
         server_cpu_cores: cpu.and_then(|c| report::ratio(c, wall)).map(report::round3),
         server_cpu_us_per_message: per(acked),
         server_cpu_us_per_delivery: per(deliveries),
-        server_rss_bytes: samples.1.map(|s| s.rss_bytes),
+        server_rss_bytes: nodes_after.map(|n| n.1),
         cpu: cpu_use,
+        components,
+        node_figures,
+        engines,
         error_codes: phase
             .error_codes
             .lock()

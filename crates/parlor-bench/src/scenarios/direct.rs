@@ -30,6 +30,15 @@ pub struct DirectArgs {
     /// Bytes of message text.
     #[arg(long, default_value_t = 64)]
     pub text_bytes: usize,
+    /// Seconds of traffic at the (first) rate before the measured phases, not reported
+    /// (caches, prepared statements, JetStream consumers and PostgreSQL's relations
+    /// warm up); its deliveries are still checked.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup: f64,
+    /// Cluster mode: seconds of measuring every process with the connections open and
+    /// no traffic, before the first phase (0: none).
+    #[arg(long, default_value_t = 5.0)]
+    pub baseline: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,6 +49,15 @@ struct DirectReport {
     warnings: Vec<String>,
     params: DirectArgs,
     connections: usize,
+    /// Nodes the connections are spread over (1: one server).
+    nodes: usize,
+    /// Pairs whose two users are connected to different nodes. (In cluster mode every
+    /// event goes through the broker to every node, the sender's included, so this
+    /// changes which node delivers, not the path.)
+    pairs_across_nodes: f64,
+    /// Cluster mode: every process's cores with the connections open and no traffic.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    baseline: Vec<crate::census::ComponentUse>,
     runs: Vec<PhaseResult>,
     environment: Environment,
 }
@@ -76,10 +94,33 @@ pub async fn run(bench: &Bench, args: &DirectArgs) -> anyhow::Result<bool> {
         recipients: 1,
         text_bytes: args.text_bytes,
     };
-    let mut traffic = Traffic::connect(&bench.target, plan).await?;
+    let targets = bench.targets();
+    let mut traffic = Traffic::connect(&targets, plan).await?;
+    let node_of = traffic.node_of();
+    let across = (0..p).filter(|&k| node_of[k] != node_of[p + k]).count();
+    let pairs_across_nodes = report::round3(across as f64 / p as f64);
+    if targets.len() > 1 {
+        eprintln!(
+            "{} connections over {} nodes round robin; {across} of {p} pairs span two nodes",
+            2 * p,
+            targets.len()
+        );
+    }
+    let census = bench.census();
+    let baseline = super::baseline(&census, args.baseline).await?;
     let mut runs = Vec::new();
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
+    if args.warmup > 0.0 {
+        let spec = PhaseSpec {
+            rate: rates[0],
+            duration: super::secs(args.warmup)?,
+            grace: super::secs(args.grace)?,
+        };
+        let warmup = traffic.run_phase(spec, &census, "warm-up").await?;
+        let mut ignored = Vec::new();
+        super::judge_phase("warm-up", &warmup, &mut problems, &mut ignored);
+    }
     for rate in rates {
         let label = format!("direct {}/s", report::count(rate.round() as u64));
         let spec = PhaseSpec {
@@ -87,7 +128,7 @@ pub async fn run(bench: &Bench, args: &DirectArgs) -> anyhow::Result<bool> {
             duration: super::secs(args.duration)?,
             grace: super::secs(args.grace)?,
         };
-        let result = traffic.run_phase(spec, &bench.server, &label).await?;
+        let result = traffic.run_phase(spec, &census, &label).await?;
         eprintln!(
             "{label}: delivered {} of {} at {}, p50 {:.3} ms p99 {:.3} ms",
             report::count(result.deliveries),
@@ -116,12 +157,24 @@ pub async fn run(bench: &Bench, args: &DirectArgs) -> anyhow::Result<bool> {
         warnings,
         params: args.clone(),
         connections: 2 * p,
+        nodes: targets.len(),
+        pairs_across_nodes,
+        baseline,
         runs,
         environment: bench.environment(),
     };
+    let spread = if report.nodes > 1 {
+        format!(
+            " over {} nodes ({:.0}% of pairs across nodes)",
+            report.nodes,
+            report.pairs_across_nodes * 100.0
+        )
+    } else {
+        String::new()
+    };
     super::print_phases(
         &format!(
-            "direct: {} pairs ({} connections), {} s per rate, {} B text",
+            "direct: {} pairs ({} connections{spread}), {} s per rate, {} B text",
             report::count(p as u64),
             report::count(2 * p as u64),
             args.duration,
@@ -130,6 +183,7 @@ pub async fn run(bench: &Bench, args: &DirectArgs) -> anyhow::Result<bool> {
         &report.runs,
         false,
     );
+    super::print_baseline(&report.baseline);
     super::print_notes(&report.problems, &report.warnings);
     report::print_json(&report)?;
     Ok(report.ok)

@@ -71,10 +71,44 @@ impl std::fmt::Debug for Engines {
     }
 }
 
+/// How [`Engines::launch_with`] starts the engines; the default is what the tests use.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// NATS servers: 1, or 3 for a cluster that survives losing one (and R3 streams).
+    pub nats_servers: usize,
+    /// PostgreSQL with `fsync = on` and `full_page_writes = on`, so that a commit
+    /// survives an OS crash or power cut, for benchmarks comparing with the embedded
+    /// store's `durability = "fsync"`. Off by default, like the tests: with
+    /// `synchronous_commit` on either way, a commit then survives a crash of PostgreSQL
+    /// (the WAL is written before COMMIT returns) but not of the OS.
+    pub postgres_fsync: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            nats_servers: 1,
+            postgres_fsync: false,
+        }
+    }
+}
+
 impl Engines {
     /// Starts PostgreSQL, Redis and `nats_servers` NATS servers (1, or 3 for failover
     /// tests), in parallel, and returns once all accept connections.
     pub fn launch(nats_servers: usize) -> anyhow::Result<Engines> {
+        Engines::launch_with(EngineOptions {
+            nats_servers,
+            ..EngineOptions::default()
+        })
+    }
+
+    /// [`Engines::launch`] with every option.
+    pub fn launch_with(options: EngineOptions) -> anyhow::Result<Engines> {
+        let EngineOptions {
+            nats_servers,
+            postgres_fsync,
+        } = options;
         let missing = missing_engines();
         if !missing.is_empty() {
             bail!(
@@ -91,7 +125,9 @@ impl Engines {
         }
         let certs = Certs::get()?.write_to(&root.join("certs"))?;
         let (postgres, redis, nats) = std::thread::scope(|s| {
-            let pg = s.spawn(|| Postgres::launch_in(&root.join("postgres"), &certs, &root, None));
+            let pg = s.spawn(|| {
+                Postgres::launch_in(&root.join("postgres"), &certs, &root, None, postgres_fsync)
+            });
             let redis = s.spawn(|| Redis::launch_in(&root.join("redis"), &certs, &root, None));
             let nats = s.spawn(|| {
                 NatsCluster::launch_in(&root.join("nats"), nats_servers, &certs, &root, None)

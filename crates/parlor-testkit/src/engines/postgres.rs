@@ -154,16 +154,19 @@ impl Postgres {
     pub fn launch(certs: &CertFiles) -> anyhow::Result<Postgres> {
         let tmp = temp_dir("parlor-postgres-")?;
         let dir = tmp.path().to_owned();
-        Postgres::launch_in(&dir, certs, &dir, Some(tmp))
+        Postgres::launch_in(&dir, certs, &dir, Some(tmp), false)
     }
 
     /// As [`Postgres::launch`], in `dir` (created), which the guard removes if the test
-    /// process dies (`cleanup`, usually the enclosing temporary directory).
+    /// process dies (`cleanup`, usually the enclosing temporary directory). `fsync`:
+    /// durable settings (see [`super::EngineOptions::postgres_fsync`]) instead of the
+    /// tests' `fsync = off`.
     pub(crate) fn launch_in(
         dir: &Path,
         certs: &CertFiles,
         cleanup: &Path,
         tmp: Option<TempDir>,
+        fsync: bool,
     ) -> anyhow::Result<Postgres> {
         let bins = PgBins::find().ok_or_else(|| {
             anyhow!(
@@ -204,6 +207,8 @@ impl Postgres {
         // returns before its WAL record is written, and a SIGKILLed server (the failure
         // tests' tool) loses commits a node already acknowledged. With fsync off it
         // costs about 0.3 ms per commit (pgbench: 4,700 vs 7,000 TPS on 2 cores).
+        // Benchmarks may ask for the durable settings instead.
+        let durability = if fsync { "on" } else { "off" };
         let conf = format!(
             "\n# parlor-testkit\n\
              listen_addresses = '127.0.0.1'\n\
@@ -214,8 +219,8 @@ impl Postgres {
              ssl_key_file = '{key}'\n\
              ssl_ca_file = '{ca}'\n\
              max_connections = 400\n\
-             fsync = off\n\
-             full_page_writes = off\n",
+             fsync = {durability}\n\
+             full_page_writes = {durability}\n",
             socket = conf_path(&socket_dir)?,
             cert = conf_path(&server_crt)?,
             key = conf_path(&server_key)?,
