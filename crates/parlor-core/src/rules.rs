@@ -58,6 +58,25 @@ pub fn message_text(text: &str, max_bytes: usize) -> Result<()> {
     Ok(())
 }
 
+/// Only a message's sender may edit it, and not once it is deleted. Every store applies
+/// this under its own lock, with the row it just read.
+pub fn may_edit(
+    actor: crate::model::UserId,
+    sender: crate::model::UserId,
+    deleted: bool,
+) -> Result<()> {
+    if sender != actor {
+        return Err(Error::forbidden("only the sender can edit a message"));
+    }
+    if deleted {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            "a deleted message cannot be edited",
+        ));
+    }
+    Ok(())
+}
+
 /// Mentions per message.
 pub const MAX_MENTIONS: usize = 100;
 

@@ -194,15 +194,7 @@ pub async fn edit(
     let tx = client.transaction().await.db()?;
     let (_, recipients, _) = member_state(&tx, actor, conv).await?;
     let (id, sender, deleted, _) = message_row(&tx, conv, seq).await?;
-    if sender != actor {
-        return Err(Error::forbidden("only the sender can edit a message"));
-    }
-    if deleted {
-        return Err(Error::new(
-            ErrorCode::Conflict,
-            "a deleted message cannot be edited",
-        ));
-    }
+    parlor_core::rules::may_edit(actor, sender, deleted)?;
     let at = now_ms();
     let positions = core.take_positions(&tx, 1).await?;
     let pos = positions.first;

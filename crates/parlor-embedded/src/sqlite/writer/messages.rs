@@ -277,15 +277,7 @@ impl Writer {
         let (id, sender, deleted) = self
             .message_row(conv, seq)?
             .ok_or_else(|| Error::not_found("message not found"))?;
-        if sender != actor {
-            return Err(Error::forbidden("only the sender can edit a message"));
-        }
-        if deleted {
-            return Err(Error::new(
-                ErrorCode::Conflict,
-                "a deleted message cannot be edited",
-            ));
-        }
+        parlor_core::rules::may_edit(actor, sender, deleted)?;
         let at = now_ms();
         self.conn
             .prepare_cached(
