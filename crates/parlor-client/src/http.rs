@@ -222,6 +222,7 @@ impl Http {
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         };
         self.send_request(token, conv, &body).await
     }

@@ -149,6 +149,7 @@ impl WsClient {
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         })
         .await
     }

@@ -29,6 +29,8 @@ pub struct Draft {
     pub reply_to: Option<u64>,
     pub mentions: Vec<UserId>,
     pub mention_all: bool,
+    /// Upload ids the message carries.
+    pub attachments: Vec<parlor_proto::Id>,
 }
 
 /// Search parameters as the caller gave them.
@@ -94,7 +96,10 @@ impl Chat {
         if let Some(cid) = &draft.cid {
             rules::client_id(cid)?;
         }
-        rules::message_text(&draft.text, self.limits.max_text_bytes)?;
+        crate::uploads::attachment_list(&draft.attachments)?;
+        if draft.attachments.is_empty() || !draft.text.is_empty() {
+            rules::message_text(&draft.text, self.limits.max_text_bytes)?;
+        }
         let mut mentions = draft.mentions;
         mentions.sort_unstable();
         mentions.dedup();
@@ -112,6 +117,7 @@ impl Chat {
             reply_to: draft.reply_to,
             mentions,
             mention_all: draft.mention_all,
+            attachments: draft.attachments,
         });
         let Some(cache) = self.recent.clone() else {
             return Ok(appended);

@@ -9,6 +9,7 @@
 //! - [`ports`]: the traits adapters implement (store, bus, rate limiter).
 //! - [`search`]: how text is tokenized for search (CJK bigrams) and highlighted.
 //! - [`backlog`]: the merge that puts a user's sync events in position order.
+//! - [`uploads`]: uploads, blobs and the rules for hostile files (names, types).
 //! - [`chat`]: the chat service, the one entry point the server calls.
 //! - [`error`]: the domain error, carrying a stable wire code.
 //!
@@ -24,6 +25,7 @@ pub mod presence;
 pub mod rules;
 pub mod search;
 pub mod snowflake;
+pub mod uploads;
 
 pub use chat::Chat;
 pub use error::{Error, Result};

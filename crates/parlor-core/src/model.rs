@@ -86,6 +86,9 @@ pub struct NewMessage {
     pub mentions: Vec<UserId>,
     /// `@all`, groups only.
     pub mention_all: bool,
+    /// Upload ids, checked by [`crate::uploads::attachment_list`]; each store checks
+    /// them with [`crate::uploads::may_attach`] under its lock.
+    pub attachments: Vec<Id>,
 }
 
 /// A full-text query with its filters, already validated.

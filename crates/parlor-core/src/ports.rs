@@ -9,7 +9,11 @@ use parlor_proto::rest::{
     Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView,
     PresenceView, Receipts, SearchResults, UserView,
 };
+use crate::uploads::{Garbage, NewBlob, NewUpload, UploadRecord};
+use bytes::Bytes;
+use parlor_proto::Id;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,4 +221,84 @@ pub trait RateLimiter: Send + Sync + 'static {
 pub struct RateRule {
     pub burst: u32,
     pub per_second: f64,
+}
+
+/// Upload metadata: who uploaded what, how far each upload has come, the blob each
+/// complete one is stored as, and which messages carry it. Implemented by each store on
+/// the same database as messages, because attaching an upload to a message must be
+/// atomic with the append (see [`Store::append_message`]), and garbage collection must
+/// never remove an upload that a commit is attaching.
+///
+/// Guarantees every implementation gives:
+/// - A blob row exists only while at least one upload uses it, except between
+///   [`UploadStore::collect_garbage`] removing it and the caller deleting its objects;
+///   a later upload of the same bytes then gets a new blob (a new key), so it never
+///   shares an object that is being deleted.
+/// - `advance_upload` moves an offset only from the value the caller names
+///   (compare-and-set), so two concurrent writers of one upload cannot both succeed.
+/// - Appending a message with attachments checks, under the append's lock, that each
+///   upload is ready and the sender's, stores its [`parlor_proto::rest::AttachmentView`]
+///   with the message, and marks it attached; deleting the message drops the reference.
+#[async_trait]
+pub trait UploadStore: Send + Sync + 'static {
+    /// Creates an upload, unless the owner's uploads (every state) plus `length` would
+    /// exceed `quota` bytes (`QuotaExceeded`).
+    async fn create_upload(&self, upload: NewUpload, quota: u64) -> Result<UploadRecord>;
+    async fn upload(&self, id: Id) -> Result<Option<UploadRecord>>;
+    /// Records that the part starting at `from` holds bytes `from..to`. `Conflict` unless
+    /// the upload is still receiving at offset `from` and `to` stays within its length.
+    async fn advance_upload(&self, id: Id, from: u64, to: u64) -> Result<UploadRecord>;
+    /// The blob already holding this content, if any.
+    async fn blob_by_sha(&self, sha256: &str) -> Result<Option<crate::uploads::BlobRecord>>;
+    /// Makes a fully received upload ready on the blob of its content: the existing blob
+    /// with `blob.sha256` if there is one, else a new blob from `blob`. Returns the ready
+    /// upload and whether `blob` was used (if not, the caller deletes what it wrote at
+    /// `blob.key`).
+    async fn complete_upload(&self, id: Id, blob: NewBlob) -> Result<(UploadRecord, bool)>;
+    /// Deletes an upload no message carries (its owner gave up on it, or its content was
+    /// refused). `Conflict` when a message carries it.
+    async fn delete_upload(&self, id: Id) -> Result<Garbage>;
+    /// Whether `viewer` may download the upload: its uploader, or anyone who can read a
+    /// message that carries it (a current member, or a former one up to when they left).
+    async fn may_download(&self, viewer: UserId, id: Id) -> Result<bool>;
+    /// Bytes counted against the owner's quota (every upload they have, in any state).
+    async fn usage(&self, owner: UserId) -> Result<u64>;
+    /// Removes uploads never attached and created before `unattached_before_ms`, uploads
+    /// that were attached but whose messages are all deleted, and blobs no upload uses.
+    /// Returns the objects (parts, blobs, thumbnails) the caller must delete.
+    async fn collect_garbage(&self, unattached_before_ms: i64) -> Result<Garbage>;
+}
+
+/// Bytes from or to object storage.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// What [`BlobStore::put`] stored.
+#[derive(Debug)]
+pub struct Written {
+    pub bytes: u64,
+    /// Set when the body stopped with an error (a client cut the connection): the
+    /// object then holds the `bytes` that arrived before it.
+    pub cut: Option<std::io::Error>,
+}
+
+/// Object storage for upload bytes: a flat namespace of immutable objects.
+///
+/// Implementations: the local filesystem under the data directory (embedded default)
+/// and any S3-compatible service (cluster mode, or by configuration). Both stream: no
+/// call holds a whole object in memory.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Stores everything `body` yields under `key`, replacing an object already there.
+    /// If the body fails part-way, what arrived before the failure is stored all the
+    /// same and reported in [`Written::cut`], so a resumable upload continues from
+    /// there. `Err` only when storage itself failed (then nothing is stored).
+    async fn put(&self, key: &str, body: ByteStream) -> Result<Written>;
+    /// `range` within the object, or all of it. `NotFound` when there is no such object.
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream>;
+    /// Copies an object within the store (server-side where the service can).
+    async fn copy(&self, from: &str, to: &str) -> Result<()>;
+    /// Deletes an object; deleting one that does not exist succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// Succeeds when the storage answers.
+    async fn ping(&self) -> Result<()>;
 }

@@ -46,6 +46,17 @@ pub enum ErrorCode {
     MemberLimit,
     /// The request conflicts with the current state (e.g. a direct conversation with oneself).
     Conflict,
+    /// The upload would take the user past their storage quota.
+    QuotaExceeded,
+    /// The file's type is not accepted by this server.
+    UnsupportedType,
+    /// The bytes are not of the declared type (e.g. a PDF declared as `image/png`).
+    TypeMismatch,
+    /// An image or video that cannot be decoded safely: truncated, corrupt, or too
+    /// large once decoded (an "image bomb").
+    InvalidMedia,
+    /// A `Range` header outside the file.
+    RangeNotSatisfiable,
     /// Too many requests; retry after `retry_after_ms`.
     RateLimited,
     /// The server cannot take the request right now (store unavailable, shutting down). Retryable.
@@ -77,6 +88,11 @@ impl ErrorCode {
             ErrorCode::InvalidPagination => "invalid_pagination",
             ErrorCode::MemberLimit => "member_limit",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::UnsupportedType => "unsupported_type",
+            ErrorCode::TypeMismatch => "type_mismatch",
+            ErrorCode::InvalidMedia => "invalid_media",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -101,7 +117,12 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::NotMember => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::UsernameTaken | ErrorCode::MemberLimit | ErrorCode::Conflict => 409,
-            ErrorCode::PayloadTooLarge | ErrorCode::MessageTooLarge => 413,
+            ErrorCode::PayloadTooLarge | ErrorCode::MessageTooLarge | ErrorCode::QuotaExceeded => {
+                413
+            }
+            ErrorCode::UnsupportedType | ErrorCode::TypeMismatch => 415,
+            ErrorCode::RangeNotSatisfiable => 416,
+            ErrorCode::InvalidMedia => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,

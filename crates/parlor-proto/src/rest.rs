@@ -156,6 +156,108 @@ pub struct MessageView {
     /// A tombstone: the text is gone, the sequence number stays.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// Uploaded files the message carries, in the order the sender gave them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// A finished upload as a message carries it. Everything here is fixed once the upload
+/// is complete, so it is stored with the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    /// The upload id: `GET /v1/uploads/{id}/content` downloads it.
+    pub id: Id,
+    /// File name as the uploader gave it (sanitized).
+    pub name: String,
+    /// The content type found in the bytes (never only the declared one).
+    #[serde(rename = "type")]
+    pub content_type: String,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content; also its ETag.
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// A tiny placeholder (blurhash) to show while the thumbnail loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blurhash: Option<String>,
+    /// `GET /v1/uploads/{id}/thumbnails/{size}` for each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thumbnails: Vec<ThumbnailView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThumbnailSize {
+    /// Fits 160 × 160.
+    Small,
+    /// Fits 800 × 800.
+    Medium,
+    /// A video's poster frame at its own size (at most 1280 × 1280).
+    Poster,
+}
+
+impl ThumbnailSize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThumbnailSize::Small => "small",
+            ThumbnailSize::Medium => "medium",
+            ThumbnailSize::Poster => "poster",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ThumbnailSize> {
+        match s {
+            "small" => Some(ThumbnailSize::Small),
+            "medium" => Some(ThumbnailSize::Medium),
+            "poster" => Some(ThumbnailSize::Poster),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThumbnailView {
+    pub size: ThumbnailSize,
+    #[serde(rename = "type")]
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadState {
+    /// Bytes are still arriving (`offset < length`).
+    Receiving,
+    /// Complete, checked and stored: it can be attached to messages.
+    Ready,
+}
+
+/// `GET /v1/uploads/{id}`: an upload as its owner (or a member who may download it) sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadView {
+    pub id: Id,
+    pub owner: Id,
+    pub name: String,
+    pub state: UploadState,
+    /// Total size announced at creation.
+    pub length: u64,
+    /// Bytes received so far.
+    pub offset: u64,
+    pub created_at: i64,
+    /// Set once the upload is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<AttachmentView>,
+}
+
+/// `GET /v1/uploads`: the caller's storage use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadUsage {
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    pub max_upload_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +272,9 @@ pub struct SendRequest {
     pub mentions: Vec<Id>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mention_all: bool,
+    /// Upload ids (ready, uploaded by the sender) the message carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Id>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,9 @@ pub enum ClientFrame {
         mentions: Vec<Id>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         mention_all: bool,
+        /// Upload ids (ready, uploaded by the sender).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Id>,
     },
     /// Mark a conversation read up to `seq` (never moves backwards).
     Read { conv: Id, seq: u64 },
@@ -220,6 +223,7 @@ mod tests {
                 reply_to: None,
                 mentions: vec![],
                 mention_all: false,
+                attachments: vec![],
             }
         );
         let hello: ClientFrame =
