@@ -161,6 +161,7 @@ async fn run_sender(
                 reply_to: None,
                 mentions: Vec::new(),
                 mention_all: false,
+                attachments: Vec::new(),
             };
             sink.feed(Message::text(serde_json::to_string(&frame)?))
                 .await?;

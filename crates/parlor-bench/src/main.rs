@@ -117,6 +117,8 @@ enum Scenario {
     History(scenarios::history::HistoryArgs),
     /// Full-text queries over a large seeded corpus; latency and throughput.
     Search(scenarios::search::SearchArgs),
+    /// Uploads and downloads of large files from concurrent clients; throughput.
+    Uploads(scenarios::uploads::UploadsArgs),
     /// Internal: hold connections for the coordinator (job as JSON on stdin).
     #[command(hide = true)]
     Worker,
@@ -165,6 +167,7 @@ fn run_scenario(common: CommonArgs, scenario: Scenario) -> anyhow::Result<bool> 
             Scenario::Sync(args) => scenarios::sync::run(&bench, &args).await,
             Scenario::History(args) => scenarios::history::run(&bench, &args).await,
             Scenario::Search(args) => scenarios::search::run(&bench, &args).await,
+            Scenario::Uploads(args) => scenarios::uploads::run(&bench, &args).await,
             // Handled in `main` before a runtime or server exists.
             Scenario::Worker => Ok(true),
         };

@@ -205,6 +205,9 @@ impl Server {
         }
         cmd.env("PARLOR_ADMIN_TOKEN", &admin_token)
             .env("PARLOR_WS__MAX_INFLIGHT", "1024")
+            // The `uploads` scenario moves gigabytes through a few users.
+            .env("PARLOR_UPLOADS__QUOTA_BYTES", "1099511627776")
+            .env("PARLOR_UPLOADS__MAX_BYTES", "1099511627776")
             .env("RUST_LOG", "warn");
         for rule in RATE_RULES {
             cmd.env(format!("PARLOR_RATE__{rule}__BURST"), RELAXED)

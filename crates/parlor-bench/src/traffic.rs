@@ -470,6 +470,7 @@ impl Traffic {
                     reply_to: None,
                     mentions: Vec::new(),
                     mention_all: false,
+                    attachments: Vec::new(),
                 };
                 let out = Outgoing {
                     text: serde_json::to_string(&frame)?,

@@ -11,7 +11,8 @@ use parlor_proto::rest::{
     AddMemberRequest, Availability, ConversationDetail, ConversationInfo, ConversationList,
     CreateGroupRequest, DirectRequest, EditRequest, History, LoginRequest, MessageView,
     PresenceList, PresenceView, ReadRequest, ReadState, Receipts, RefreshRequest, RegisterRequest,
-    Role, SearchResults, SendRequest, SetRoleRequest, StatusRequest, TokenPair, UserView,
+    Role, SearchResults, SendRequest, SetRoleRequest, StatusRequest, TokenPair, UploadUsage,
+    UploadView, UserView,
 };
 use parlor_proto::ws::Ack;
 use parlor_proto::Id;
@@ -365,6 +366,133 @@ impl Http {
         raw(resp).await
     }
 
+    // ---- uploads ----
+
+    /// POST /v1/uploads with the whole file as the body (201).
+    pub async fn upload(
+        &self,
+        token: &str,
+        name: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<UploadView> {
+        let path = format!("/v1/uploads?name={}", encode_segment(name));
+        let req = self
+            .request(Method::POST, &path, Some(token))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes);
+        decode(self.execute(req).await?, &path).await
+    }
+
+    /// POST /v1/uploads (tus creation): returns the new upload's id and offset.
+    pub async fn tus_create(
+        &self,
+        token: &str,
+        name: &str,
+        content_type: &str,
+        length: u64,
+    ) -> Result<UploadView> {
+        let req = self
+            .request(Method::POST, "/v1/uploads", Some(token))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", length.to_string())
+            .header(
+                "Upload-Metadata",
+                format!("filename {},filetype {}", b64(name), b64(content_type)),
+            );
+        decode(self.execute(req).await?, "/v1/uploads").await
+    }
+
+    /// HEAD /v1/uploads/{id}: the offset the server has.
+    pub async fn tus_offset(&self, token: &str, id: Id) -> Result<u64> {
+        let path = format!("/v1/uploads/{id}");
+        let req = self
+            .request(Method::HEAD, &path, Some(token))
+            .header("Tus-Resumable", "1.0.0");
+        let resp = self.execute(req).await?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(ClientError::from_response(status, b""));
+        }
+        offset_header(&resp)
+    }
+
+    /// PATCH /v1/uploads/{id} from `offset`: returns the new offset.
+    pub async fn tus_patch(&self, token: &str, id: Id, offset: u64, bytes: Vec<u8>) -> Result<u64> {
+        let path = format!("/v1/uploads/{id}");
+        let req = self
+            .request(Method::PATCH, &path, Some(token))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", offset.to_string())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/offset+octet-stream",
+            )
+            .body(bytes);
+        let resp = self.execute(req).await?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = resp.bytes().await.map_err(map_reqwest)?;
+            return Err(ClientError::from_response(status, &bytes));
+        }
+        offset_header(&resp)
+    }
+
+    /// GET /v1/uploads/{id}.
+    pub async fn upload_info(&self, token: &str, id: Id) -> Result<UploadView> {
+        self.json(
+            Method::GET,
+            &format!("/v1/uploads/{id}"),
+            Some(token),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// DELETE /v1/uploads/{id} (204).
+    pub async fn delete_upload(&self, token: &str, id: Id) -> Result<()> {
+        self.empty(
+            Method::DELETE,
+            &format!("/v1/uploads/{id}"),
+            Some(token),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// GET /v1/uploads: storage use.
+    pub async fn upload_usage(&self, token: &str) -> Result<UploadUsage> {
+        self.json(Method::GET, "/v1/uploads", Some(token), None::<&()>)
+            .await
+    }
+
+    /// GET of a download path (`/v1/uploads/{id}/content`, a thumbnail) with extra
+    /// request headers; returns the raw response so tests can read status and headers.
+    pub async fn download(
+        &self,
+        token: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
+        let mut req = self.request(Method::GET, path, Some(token));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.execute(req).await
+    }
+
+    /// GET /v1/uploads/{id}/content, all of it.
+    pub async fn download_bytes(&self, token: &str, id: Id) -> Result<Vec<u8>> {
+        let path = format!("/v1/uploads/{id}/content");
+        let resp = self.download(token, &path, &[]).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(map_reqwest)?;
+        if !(200..300).contains(&status) {
+            return Err(ClientError::from_response(status, &bytes));
+        }
+        Ok(bytes.to_vec())
+    }
+
     // ---- plumbing ----
 
     fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
@@ -427,6 +555,48 @@ impl Http {
     ) -> Result<()> {
         self.call(method, path, token, body).await.map(drop)
     }
+}
+
+async fn decode<T: DeserializeOwned>(resp: Response, path: &str) -> Result<T> {
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.map_err(map_reqwest)?;
+    if !(200..300).contains(&status) {
+        return Err(ClientError::from_response(status, &bytes));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ClientError::Protocol(format!(
+            "unexpected response body for {path}: {e}: {}",
+            truncate(&String::from_utf8_lossy(&bytes), 512)
+        ))
+    })
+}
+
+fn offset_header(resp: &Response) -> Result<u64> {
+    resp.headers()
+        .get("upload-offset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ClientError::Protocol("missing Upload-Offset".into()))
+}
+
+/// Base64 (standard alphabet, padded) for tus metadata, without a dependency for it.
+fn b64(s: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 async fn raw(resp: Response) -> Result<(u16, String)> {

@@ -3,14 +3,14 @@
 
 use crate::error::Result;
 use crate::model::*;
+use crate::uploads::{Garbage, NewBlob, NewUpload, UploadRecord};
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use parlor_proto::rest::{
     Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView,
     PresenceView, Receipts, SearchResults, UserView,
 };
-use crate::uploads::{Garbage, NewBlob, NewUpload, UploadRecord};
-use bytes::Bytes;
 use parlor_proto::Id;
 use std::future::Future;
 use std::ops::Range;

@@ -3,9 +3,9 @@
 //!
 //! An upload is one user's file (name, owner, announced length). Its bytes arrive in
 //! parts (one object per resumable request, under `staging/`); once complete they are
-//! stored once per distinct content as a *blob* (`blobs/<sha256>/<nonce>`, with
+//! stored once per distinct content as a *blob* (`blobs/<random>`, with
 //! thumbnails beside it), so identical files uploaded by many users cost one copy. A
-//! blob's key carries a nonce so that a blob collected as garbage and the same content
+//! blob's key is random so that a blob collected as garbage and the same content
 //! uploaded again a moment later never share an object (see [`crate::ports::UploadStore`]).
 
 use crate::error::{Error, Result};
@@ -159,9 +159,11 @@ pub fn part_key(upload: Id, start: u64) -> String {
     format!("staging/{}/{:020}", upload.0, start)
 }
 
-/// The object of a blob; the nonce keeps a re-uploaded blob apart from a collected one.
-pub fn blob_key(sha256: &str, nonce: u64) -> String {
-    format!("blobs/{sha256}/{nonce:016x}")
+/// The object of a blob. A fresh random name (not the hash) for every blob written: the
+/// hash is only known once the bytes have gone through, and a re-uploaded blob never
+/// shares an object with a collected one that is being deleted.
+pub fn blob_key(nonce: u64) -> String {
+    format!("blobs/{nonce:016x}")
 }
 
 pub fn thumbnail_key(blob_key: &str, size: ThumbnailSize) -> String {
@@ -191,7 +193,12 @@ pub fn file_name(raw: &str) -> String {
 /// generic (`application/octet-stream` says nothing).
 pub fn declared_type(raw: Option<&str>) -> Result<Option<String>> {
     let Some(raw) = raw else { return Ok(None) };
-    let essence = raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if essence.is_empty() || essence == "application/octet-stream" {
         return Ok(None);
     }
@@ -297,7 +304,10 @@ pub fn attachment_list(ids: &[Id]) -> Result<()> {
 /// ids cannot be probed.
 pub fn may_attach(sender: UserId, id: Id, upload: Option<&UploadRecord>) -> Result<AttachmentView> {
     let Some(upload) = upload.filter(|u| u.owner == sender) else {
-        return Err(Error::new(ErrorCode::NotFound, format!("upload {id} not found")));
+        return Err(Error::new(
+            ErrorCode::NotFound,
+            format!("upload {id} not found"),
+        ));
     };
     upload.attachment().ok_or_else(|| {
         Error::new(
@@ -351,7 +361,10 @@ mod tests {
             declared_type(Some("Image/PNG; charset=x")).ok().flatten(),
             Some("image/png".into())
         );
-        assert_eq!(declared_type(Some("application/octet-stream")).ok(), Some(None));
+        assert_eq!(
+            declared_type(Some("application/octet-stream")).ok(),
+            Some(None)
+        );
         assert!(declared_type(Some("not a type")).is_err());
     }
 

@@ -48,6 +48,7 @@ fn append_pipelined(bencher: divan::Bencher, n: usize) {
                             reply_to: None,
                             mentions: Vec::new(),
                             mention_all: false,
+                            attachments: Vec::new(),
                         })
                     })
                     .collect();

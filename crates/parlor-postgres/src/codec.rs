@@ -1,7 +1,10 @@
 //! Integer codes of enums in the schema (stable: they are stored, and the same as the
 //! SQLite store's), and rows turned into protocol values.
 
-use parlor_proto::rest::{ConversationInfo, ConversationKind, MessageView, Role, UserView};
+use parlor_core::error::{Error, Result};
+use parlor_proto::rest::{
+    AttachmentView, ConversationInfo, ConversationKind, MessageView, Role, UserView,
+};
 use parlor_proto::ws::MemberChange;
 use parlor_proto::Id;
 use tokio_postgres::Row;
@@ -85,11 +88,11 @@ pub fn conversation_info(id: Id, row: &Row, start: usize) -> ConversationInfo {
 
 /// The columns [`message_view`] reads, in order (prefix with a table alias as needed).
 pub const MESSAGE_COLUMNS: &str =
-    "conv_id, seq, id, sender, body, created_at, cid, pos, reply_to, mentions, mention_all, edited_at, deleted";
+    "conv_id, seq, id, sender, body, created_at, cid, pos, reply_to, mentions, mention_all, edited_at, deleted, attachments";
 
 /// Same as [`MESSAGE_COLUMNS`] with the alias `m.`.
 pub const M_MESSAGE_COLUMNS: &str =
-    "m.conv_id, m.seq, m.id, m.sender, m.body, m.created_at, m.cid, m.pos, m.reply_to, m.mentions, m.mention_all, m.edited_at, m.deleted";
+    "m.conv_id, m.seq, m.id, m.sender, m.body, m.created_at, m.cid, m.pos, m.reply_to, m.mentions, m.mention_all, m.edited_at, m.deleted, m.attachments";
 
 /// A message from [`MESSAGE_COLUMNS`] starting at `start`.
 pub fn message_view(row: &Row, start: usize) -> MessageView {
@@ -111,7 +114,32 @@ pub fn message_view(row: &Row, start: usize) -> MessageView {
         mention_all: row.get(start + 10),
         edited_at: row.get(start + 11),
         deleted: row.get(start + 12),
+        attachments: decode_attachments(row.get(start + 13)),
     }
+}
+
+/// The stored form of a message's attachments: their JSON, `NULL` when there are none
+/// (most messages), so that reading them back costs nothing either.
+pub fn encode_attachments(attachments: &[AttachmentView]) -> Result<Option<String>> {
+    if attachments.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(attachments).map(Some).map_err(|e| {
+        tracing::error!(error = %e, "cannot encode attachments");
+        Error::internal()
+    })
+}
+
+/// A message's attachments from their stored JSON. A row that cannot be read shows
+/// without attachments rather than failing the whole page it is on.
+pub fn decode_attachments(json: Option<&str>) -> Vec<AttachmentView> {
+    let Some(json) = json else {
+        return Vec::new();
+    };
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "unreadable attachment list");
+        Vec::new()
+    })
 }
 
 /// Message texts are stored as UTF-8 bytes (`bytea`: text cannot hold NUL).

@@ -6,7 +6,8 @@
 //! Rows older than [`RETENTION`] are pruned by a periodic task on every node: a gap is
 //! filled within seconds, and a device that was away longer syncs from the tables
 //! themselves (`backlog`). When a message is deleted, its original `message` event and
-//! the `edited` events of it are rewritten here as well, so the text survives nowhere.
+//! the `edited` events of it are rewritten here as well, so the text (and the files it
+//! carried) survives nowhere.
 
 use crate::codec::clamp;
 use crate::error::DbResult;
@@ -92,6 +93,7 @@ pub async fn scrub(tx: &deadpool_postgres::Transaction<'_>, positions: &[i64]) -
                 e.message.mentions.clear();
                 e.message.mention_all = false;
                 e.message.reply_to = None;
+                e.message.attachments.clear();
                 e.message.deleted = true;
             }
             ServerFrame::Edited(e) => e.text.clear(),

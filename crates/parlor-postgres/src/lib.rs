@@ -1,4 +1,4 @@
-//! PostgreSQL adapter of Parlor's [`Store`] and [`EventLog`] ports, for cluster mode:
+//! PostgreSQL adapter of Parlor's [`Store`], [`UploadStore`] and [`EventLog`] ports, for cluster mode:
 //! several nodes share one PostgreSQL primary (optionally read replicas) and must
 //! behave, through the ports, exactly like the embedded SQLite store.
 //!
@@ -55,7 +55,8 @@
 //!   `error`: error mapping; `lease`: machine ids;
 //! - `writer`: group commit of appends; `accounts`, `conversations`, `messages`: the
 //!   other commands and reads; `backlog`: sync; `search`: full-text search;
-//!   `event_log`: the outbox.
+//!   `event_log`: the outbox; `uploads`: upload and blob metadata (attaching is the
+//!   writer's, in the append transaction).
 
 mod accounts;
 mod backlog;
@@ -69,6 +70,7 @@ mod messages;
 mod schema;
 mod search;
 mod tls;
+mod uploads;
 mod writer;
 
 use async_trait::async_trait;
@@ -77,12 +79,13 @@ use error::DbResult;
 use futures_util::stream::StreamExt;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
-use parlor_core::ports::{Backlog, BoxFuture, Bus, EventLog, Store};
+use parlor_core::ports::{Backlog, BoxFuture, Bus, EventLog, Store, UploadStore};
+use parlor_core::uploads::{BlobRecord, Garbage, NewBlob, NewUpload, UploadRecord};
 use parlor_proto::rest::{
     ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, Receipts,
     SearchResults, UserView,
 };
-use parlor_proto::ErrorCode;
+use parlor_proto::{ErrorCode, Id};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -502,6 +505,45 @@ impl Store for PgStore {
 
     async fn search(&self, viewer: UserId, query: SearchQuery) -> Result<SearchResults> {
         search::search(&self.core, viewer, query).await
+    }
+}
+
+#[async_trait]
+impl UploadStore for PgStore {
+    async fn create_upload(&self, upload: NewUpload, quota: u64) -> Result<UploadRecord> {
+        uploads::create_upload(&self.core, upload, quota).await
+    }
+
+    async fn upload(&self, id: Id) -> Result<Option<UploadRecord>> {
+        uploads::upload(&self.core, id).await
+    }
+
+    async fn advance_upload(&self, id: Id, from: u64, to: u64) -> Result<UploadRecord> {
+        uploads::advance_upload(&self.core, id, from, to).await
+    }
+
+    async fn blob_by_sha(&self, sha256: &str) -> Result<Option<BlobRecord>> {
+        uploads::blob_by_sha(&self.core, sha256).await
+    }
+
+    async fn complete_upload(&self, id: Id, blob: NewBlob) -> Result<(UploadRecord, bool)> {
+        uploads::complete_upload(&self.core, id, blob).await
+    }
+
+    async fn delete_upload(&self, id: Id) -> Result<Garbage> {
+        uploads::delete_upload(&self.core, id).await
+    }
+
+    async fn may_download(&self, viewer: UserId, id: Id) -> Result<bool> {
+        uploads::may_download(&self.core, viewer, id).await
+    }
+
+    async fn usage(&self, owner: UserId) -> Result<u64> {
+        uploads::usage(&self.core, owner).await
+    }
+
+    async fn collect_garbage(&self, unattached_before_ms: i64) -> Result<Garbage> {
+        uploads::collect_garbage(&self.core, unattached_before_ms).await
     }
 }
 

@@ -141,26 +141,37 @@ async fn member_state(
     Ok((role, users.into(), locked.info.kind))
 }
 
-/// (id, sender, deleted, pos) of message `seq`.
+/// Message `seq` as edits and deletes need it.
+struct Stored {
+    id: u64,
+    sender: UserId,
+    deleted: bool,
+    pos: i64,
+    /// Whether it carries attachments (then `attachment_refs` has rows for it).
+    attached: bool,
+}
+
 async fn message_row(
     tx: &deadpool_postgres::Transaction<'_>,
     conv: ConvId,
     seq: u64,
-) -> Result<(u64, UserId, bool, i64)> {
+) -> Result<Stored> {
     let row = tx
         .query_opt(
-            "SELECT id, sender, deleted, pos FROM messages WHERE conv_id = $1 AND seq = $2",
+            "SELECT id, sender, deleted, pos, attachments IS NOT NULL
+             FROM messages WHERE conv_id = $1 AND seq = $2",
             &[&sql_id(conv), &clamp(seq)],
         )
         .await
         .db()?
         .ok_or_else(|| Error::not_found("message not found"))?;
-    Ok((
-        row.get::<_, i64>(0) as u64,
-        id_at(&row, 1),
-        row.get(2),
-        row.get(3),
-    ))
+    Ok(Stored {
+        id: row.get::<_, i64>(0) as u64,
+        sender: id_at(&row, 1),
+        deleted: row.get(2),
+        pos: row.get(3),
+        attached: row.get(4),
+    })
 }
 
 async fn record_change(
@@ -193,7 +204,12 @@ pub async fn edit(
     let mut client = core.db.primary().await?;
     let tx = client.transaction().await.db()?;
     let (_, recipients, _) = member_state(&tx, actor, conv).await?;
-    let (id, sender, deleted, _) = message_row(&tx, conv, seq).await?;
+    let Stored {
+        id,
+        sender,
+        deleted,
+        ..
+    } = message_row(&tx, conv, seq).await?;
     parlor_core::rules::may_edit(actor, sender, deleted)?;
     let at = now_ms();
     let positions = core.take_positions(&tx, 1).await?;
@@ -232,7 +248,13 @@ pub async fn delete(core: &Core, actor: UserId, conv: ConvId, seq: u64) -> Resul
     let mut client = core.db.primary().await?;
     let tx = client.transaction().await.db()?;
     let (role, recipients, kind) = member_state(&tx, actor, conv).await?;
-    let (id, sender, deleted, message_pos) = message_row(&tx, conv, seq).await?;
+    let Stored {
+        id,
+        sender,
+        deleted,
+        pos: message_pos,
+        attached,
+    } = message_row(&tx, conv, seq).await?;
     let moderator = kind == ConversationKind::Group && matches!(role, Role::Owner | Role::Admin);
     if sender != actor && !moderator {
         return Err(Error::forbidden(
@@ -254,12 +276,26 @@ pub async fn delete(core: &Core, actor: UserId, conv: ConvId, seq: u64) -> Resul
     .db()?;
     tx.execute(
         "UPDATE messages SET body = ''::bytea, mentions = NULL, mention_all = false, reply_to = NULL,
-                deleted = true, tsv = NULL
+                deleted = true, tsv = NULL, attachments = NULL
          WHERE conv_id = $1 AND seq = $2",
         &[&sql_id(conv), &clamp(seq)],
     )
     .await
     .db()?;
+    if attached {
+        // The files stop being reachable through this message. Each upload it carried is
+        // marked, so that garbage collection looks at it (and keeps it if another message
+        // still carries it); the upload rows are locked after the conversation, as the
+        // writer locks them.
+        tx.execute(
+            "WITH gone AS (DELETE FROM attachment_refs WHERE conv_id = $1 AND seq = $2
+                           RETURNING upload_id)
+             UPDATE uploads SET detached_at = $3 WHERE id IN (SELECT upload_id FROM gone)",
+            &[&sql_id(conv), &clamp(seq), &at],
+        )
+        .await
+        .db()?;
+    }
     let mut logged: Vec<i64> = tx
         .query(
             "SELECT pos FROM message_changes WHERE conv_id = $1 AND seq = $2 AND kind = 0",

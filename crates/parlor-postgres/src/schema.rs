@@ -14,6 +14,10 @@
 //! - `messages.tsv` is built by the node from the core tokenizer's folded tokens (see
 //!   `search.rs`); PostgreSQL only stores and matches it.
 //! - `event_log` is the transactional outbox of position-bearing events.
+//! - Uploads (migration 2): `blobs` hold each distinct content once (by SHA-256),
+//!   `uploads` are users' files and point at their blob once complete,
+//!   `attachment_refs` say which messages carry which upload, and `messages.attachments`
+//!   keeps the attachment views a message was sent with (see `uploads.rs`).
 
 use anyhow::Context;
 use deadpool_postgres::Object;
@@ -25,11 +29,66 @@ const MIGRATION_LOCK: i64 = 0x7061_726c_6f72;
 fn migration(version: usize, partitions: u32) -> Option<String> {
     match version {
         1 => Some(initial(partitions)),
+        2 => Some(UPLOADS.to_owned()),
         _ => None,
     }
 }
 
-const LATEST: usize = 1;
+const LATEST: usize = 2;
+
+/// Migration 2: uploads and attachments.
+///
+/// JSON (thumbnail lists, a message's attachment views) is stored as `text`: only the
+/// node reads it, so `jsonb`'s parsing on every write would buy nothing.
+///
+/// `uploads.detached_at` is set when a message carrying the upload is deleted and
+/// cleared when a message attaches it again; garbage collection finds "attached once,
+/// carried by no message any more" through its partial index instead of scanning every
+/// attached upload, and re-checks `attachment_refs` before removing anything.
+/// `messages.attachments` is added to the partitioned parent, which adds it to every
+/// partition; without a default this changes only the catalog.
+const UPLOADS: &str = r#"
+    CREATE TABLE blobs (
+        id bigint PRIMARY KEY,
+        sha256 text NOT NULL UNIQUE,
+        key text NOT NULL,                 -- object key in blob storage
+        size bigint NOT NULL,
+        content_type text NOT NULL,
+        width int,
+        height int,
+        blurhash text,
+        thumbnails text NOT NULL DEFAULT '[]',   -- JSON list of ThumbnailView
+        created_at bigint NOT NULL
+    );
+
+    CREATE TABLE uploads (
+        id bigint PRIMARY KEY,
+        owner bigint NOT NULL,
+        name text NOT NULL,
+        declared_type text,
+        length bigint NOT NULL,
+        received bigint NOT NULL DEFAULT 0,      -- bytes stored so far ("offset")
+        parts bigint[] NOT NULL DEFAULT '{}',    -- start offsets of the stored parts
+        created_at bigint NOT NULL,
+        blob_id bigint REFERENCES blobs (id),    -- set once complete
+        attached_at bigint,                      -- first time a message carried it
+        detached_at bigint                       -- a carrying message was deleted since
+    );
+    CREATE INDEX uploads_by_owner ON uploads (owner);
+    CREATE INDEX uploads_by_blob ON uploads (blob_id);
+    CREATE INDEX uploads_unattached ON uploads (created_at) WHERE attached_at IS NULL;
+    CREATE INDEX uploads_detached ON uploads (detached_at) WHERE detached_at IS NOT NULL;
+
+    CREATE TABLE attachment_refs (
+        upload_id bigint NOT NULL REFERENCES uploads (id),
+        conv_id bigint NOT NULL,
+        seq bigint NOT NULL,
+        PRIMARY KEY (upload_id, conv_id, seq)
+    );
+    CREATE INDEX attachment_refs_by_message ON attachment_refs (conv_id, seq);
+
+    ALTER TABLE messages ADD COLUMN attachments text;   -- JSON list of AttachmentView
+"#;
 
 fn initial(partitions: u32) -> String {
     let partitions = partitions.max(1);

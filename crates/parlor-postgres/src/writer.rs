@@ -9,10 +9,14 @@
 //!    member list is cached per node and reused while `conversations.roster_pos`, which
 //!    every membership change moves, has not moved);
 //! 3. find duplicates: `message_cids` by `(sender, cid)`, and repeats within the batch;
+//!    lock the uploads the batch attaches (`FOR UPDATE`, by id; only when it attaches
+//!    any) and check each with `parlor_core::uploads::may_attach`;
 //! 4. assign seqs from `conversations.last_seq`, ids from the leased generator;
 //! 5. take the positions (the head row, last lock of the transaction);
-//! 6. insert messages, client ids, mentions, events (`event_log`), move `last_seq` and
-//!    the senders' read markers — each one statement over `unnest` arrays, pipelined;
+//! 6. insert messages, client ids, mentions, attachment references, events
+//!    (`event_log`), move `last_seq`, the senders' read markers and the attached uploads'
+//!    marks — each one statement over `unnest` arrays, pipelined, the optional ones only
+//!    when the batch has rows for them;
 //! 7. commit, publish the batch's events, and only then answer each caller.
 //!
 //! A transaction that fails because of a concurrent one (a duplicate client id sent
@@ -24,11 +28,12 @@
 
 use crate::codec::*;
 use crate::error::{db_err, is_transient};
-use crate::{event_log, now_ms, Core, Roster};
+use crate::{event_log, now_ms, uploads, Core, Roster};
 use futures_util::future::join_all;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
-use parlor_proto::rest::{ConversationKind, MessageView};
+use parlor_core::uploads::{may_attach, UploadRecord};
+use parlor_proto::rest::{AttachmentView, ConversationKind, MessageView};
 use parlor_proto::ws::{MessageEvent, ServerFrame};
 use parlor_proto::{ErrorCode, Id};
 use std::collections::{HashMap, HashSet};
@@ -160,6 +165,9 @@ struct Row<'a> {
     tsv: &'a str,
     seq: u64,
     recipients: Arc<[UserId]>,
+    /// In the sender's order; with its stored JSON (`None` when there are none).
+    attachments: Vec<AttachmentView>,
+    attachments_json: Option<String>,
 }
 
 type Pipelined<'a> = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
@@ -264,6 +272,19 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
         }
     }
 
+    // 3b. Uploads the batch attaches, locked so that no deletion or collection removes
+    //     one between the check and the commit. A batch without attachments skips this.
+    let mut wanted: Vec<i64> = items
+        .iter()
+        .flat_map(|p| p.message.attachments.iter().map(|id| sql_id(*id)))
+        .collect();
+    let mut attachable: HashMap<Id, UploadRecord> = HashMap::new();
+    if !wanted.is_empty() {
+        wanted.sort_unstable();
+        wanted.dedup();
+        attachable = uploads::load_many(&tx, &wanted, true).await?;
+    }
+
     // 4. Each command in order: checks, duplicates, seqs.
     let mut plans = Vec::with_capacity(items.len());
     let mut inserts: Vec<Row<'_>> = Vec::new();
@@ -319,6 +340,20 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
             ))));
             continue;
         }
+        // Checked before duplicates, as the embedded store does.
+        let attachments: Result<Vec<AttachmentView>> = m
+            .attachments
+            .iter()
+            .map(|&id| may_attach(m.sender, id, attachable.get(&id)))
+            .collect();
+        let (attachments, attachments_json) =
+            match attachments.and_then(|a| encode_attachments(&a).map(|json| (a, json))) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    plans.push(Plan::Done(Err(e)));
+                    continue;
+                }
+            };
         if let Some(plan) = repeat(&originals, &in_batch) {
             plans.push(plan);
             continue;
@@ -333,6 +368,8 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
             tsv: &p.tsv,
             seq: conv.last_seq,
             recipients: Arc::clone(&conv.roster.members),
+            attachments,
+            attachments_json,
         });
     }
     if inserts.is_empty() {
@@ -378,6 +415,8 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let mut m_attachments: Vec<Option<&str>> = Vec::with_capacity(n);
+    let (mut a_upload, mut a_conv, mut a_seq) = (Vec::new(), Vec::new(), Vec::new());
     let (mut c_sender, mut c_cid, mut c_conv, mut c_seq, mut c_id, mut c_pos) = (
         Vec::new(),
         Vec::new(),
@@ -410,6 +449,12 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
         }));
         m_all.push(m.mention_all);
         m_tsv.push(row.tsv);
+        m_attachments.push(row.attachments_json.as_deref());
+        for upload in &m.attachments {
+            a_upload.push(sql_id(*upload));
+            a_conv.push(conv);
+            a_seq.push(seq);
+        }
         if let Some(cid) = &m.cid {
             c_sender.push(sender);
             c_cid.push(cid.as_str());
@@ -447,6 +492,7 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
                     mention_all: m.mention_all,
                     edited_at: None,
                     deleted: false,
+                    attachments: row.attachments.clone(),
                 },
             }),
         });
@@ -463,12 +509,15 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
     let insert_messages = tx
         .prepare_cached(
             "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to,
-                                   mentions, mention_all, tsv)
+                                   mentions, mention_all, tsv, attachments)
              SELECT v.conv_id, v.seq, v.id, v.pos, v.sender, v.cid, v.body, $12, v.reply_to,
-                    string_to_array(v.mentions, ' ')::bigint[], v.mention_all, v.tsv::tsvector
+                    string_to_array(v.mentions, ' ')::bigint[], v.mention_all, v.tsv::tsvector,
+                    v.attachments
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::text[], $7::bytea[], $8::bigint[], $9::text[], $10::bool[], $11::text[])
-               AS v(conv_id, seq, id, pos, sender, cid, body, reply_to, mentions, mention_all, tsv)",
+                         $6::text[], $7::bytea[], $8::bigint[], $9::text[], $10::bool[], $11::text[],
+                         $13::text[])
+               AS v(conv_id, seq, id, pos, sender, cid, body, reply_to, mentions, mention_all, tsv,
+                    attachments)",
         )
         .await?;
     let insert_cids = tx
@@ -500,6 +549,30 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
         )
         .await?;
     let insert_events = tx.prepare_cached(event_log::INSERT).await?;
+    // Prepared only by batches that attach something, so the others pay nothing.
+    let mut attached: Vec<i64> = Vec::new();
+    let attach = if a_upload.is_empty() {
+        None
+    } else {
+        attached.clone_from(&a_upload);
+        attached.sort_unstable();
+        attached.dedup();
+        let insert_refs = tx
+            .prepare_cached(
+                "INSERT INTO attachment_refs (upload_id, conv_id, seq)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        // Attached now: never-attached uploads expire, and one carried again is no
+        // longer a candidate for collection (see `uploads.rs`).
+        let mark_uploads = tx
+            .prepare_cached(
+                "UPDATE uploads SET attached_at = COALESCE(attached_at, $2), detached_at = NULL
+                 WHERE id = ANY($1)",
+            )
+            .await?;
+        Some((insert_refs, mark_uploads))
+    };
     type Params<'p> = [&'p (dyn tokio_postgres::types::ToSql + Sync)];
     let p_messages: &Params<'_> = &[
         &m_conv,
@@ -514,12 +587,15 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
         &m_all,
         &m_tsv,
         &ts,
+        &m_attachments,
     ];
     let p_last: &Params<'_> = &[&l_conv, &l_seq];
     let p_reads: &Params<'_> = &[&r_conv, &r_user, &r_seq];
     let p_events: &Params<'_> = &[&e_pos, &e_conv, &e_body];
     let p_cids: &Params<'_> = &[&c_sender, &c_cid, &c_conv, &c_seq, &c_id, &c_pos, &ts];
     let p_mentions: &Params<'_> = &[&x_user, &x_conv, &x_seq];
+    let p_refs: &Params<'_> = &[&a_upload, &a_conv, &a_seq];
+    let p_marks: &Params<'_> = &[&attached, &ts];
     let mut statements: Vec<Pipelined<'_>> = vec![
         Box::pin(tx.execute(&insert_messages, p_messages)),
         Box::pin(tx.execute(&update_last_seq, p_last)),
@@ -531,6 +607,10 @@ async fn attempt(core: &Core, items: &[Pending]) -> Result<Vec<Result<Appended>>
     }
     if !x_user.is_empty() {
         statements.push(Box::pin(tx.execute(&insert_mentions, p_mentions)));
+    }
+    if let Some((insert_refs, mark_uploads)) = &attach {
+        statements.push(Box::pin(tx.execute(insert_refs, p_refs)));
+        statements.push(Box::pin(tx.execute(mark_uploads, p_marks)));
     }
     // Once one statement fails the rest report an aborted transaction: the first real
     // cause decides whether the batch is worth retrying.

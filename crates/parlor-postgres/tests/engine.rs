@@ -51,6 +51,7 @@ async fn mutual_tls_and_a_server_restart() {
             reply_to: None,
             mentions: Vec::new(),
             mention_all: false,
+            attachments: Vec::new(),
         })
     };
     let first = send("one".into()).await.expect("append");

@@ -21,6 +21,7 @@ fn msg(conv: Id, sender: Id, cid: Option<String>, text: &str) -> NewMessage {
         reply_to: None,
         mentions: Vec::new(),
         mention_all: false,
+        attachments: Vec::new(),
     }
 }
 

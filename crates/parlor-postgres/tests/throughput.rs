@@ -51,6 +51,7 @@ async fn appends_per_second() {
                     reply_to: None,
                     mentions: Vec::new(),
                     mention_all: false,
+                    attachments: Vec::new(),
                 }));
                 if inflight.len() >= 32 {
                     if let Some(f) = inflight.pop_front() {

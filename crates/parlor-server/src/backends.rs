@@ -3,7 +3,9 @@
 //! Redis). This is the only module that names an adapter.
 
 use crate::config::{ClusterTls, Config};
-use parlor_core::ports::{BoxFuture, Bus, EventLog, Presence, RateLimiter, RecentCache, Store};
+use parlor_core::ports::{
+    BlobStore, BoxFuture, Bus, EventLog, Presence, RateLimiter, RecentCache, Store, UploadStore,
+};
 use parlor_embedded::{
     Durability, InProcessBus, MemoryPresence, MemoryRateLimiter, SqliteStore, StoreOptions,
 };
@@ -32,6 +34,10 @@ pub struct Backends {
     pub limiter: Arc<dyn RateLimiter>,
     /// Shared newest-history pages (cluster mode).
     pub recent: Option<Arc<dyn RecentCache>>,
+    /// Upload metadata, on the same database as messages.
+    pub upload_store: Arc<dyn UploadStore>,
+    /// Where upload bytes live (`uploads.storage`).
+    pub blobs: Arc<dyn BlobStore>,
     /// Engines `/readyz` checks besides the store.
     pub probes: Vec<(&'static str, Probe)>,
     pub cluster_stats: Option<ClusterStats>,
@@ -62,6 +68,8 @@ fn embedded(config: &Config) -> anyhow::Result<Backends> {
         Arc::clone(&bus),
     )?);
     Ok(Backends {
+        upload_store: store.clone(),
+        blobs: blob_store(config)?,
         store,
         bus,
         presence: Arc::new(MemoryPresence::new(
@@ -224,7 +232,15 @@ async fn cluster(config: &Config) -> anyhow::Result<Backends> {
                 .load(std::sync::atomic::Ordering::Relaxed),
         }
     });
+    if config.uploads.storage == "local" {
+        tracing::warn!(
+            "uploads.storage is local: files are visible only to nodes sharing {}; use s3 for a cluster",
+            config.data_dir.display()
+        );
+    }
     Ok(Backends {
+        upload_store: store.clone(),
+        blobs: blob_store(config)?,
         store,
         bus,
         presence,
@@ -232,5 +248,30 @@ async fn cluster(config: &Config) -> anyhow::Result<Backends> {
         recent: Some(recent),
         probes,
         cluster_stats: Some(cluster_stats),
+    })
+}
+
+/// The object storage `uploads.storage` names.
+fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let u = &config.uploads;
+    Ok(match u.storage.as_str() {
+        "s3" => Arc::new(
+            parlor_objects::ObjectBlobStore::s3(parlor_objects::S3Config {
+                endpoint: (!u.s3.endpoint.is_empty()).then(|| u.s3.endpoint.clone()),
+                region: u.s3.region.clone(),
+                bucket: u.s3.bucket.clone(),
+                access_key_id: u.s3.access_key_id.clone(),
+                secret_access_key: u.s3.secret_access_key.clone(),
+                allow_http: u.s3.allow_http,
+            })
+            .map_err(|e| anyhow::anyhow!("s3 storage: {e}"))?,
+        ),
+        _ => {
+            let root = config.data_dir.join("uploads");
+            Arc::new(
+                parlor_objects::ObjectBlobStore::local(root.clone())
+                    .map_err(|e| anyhow::anyhow!("upload storage {}: {e}", root.display()))?,
+            )
+        }
     })
 }

@@ -39,6 +39,76 @@ pub struct Config {
     /// Cluster mode: PostgreSQL, NATS JetStream and Redis instead of the embedded store
     /// and in-process bus.
     pub cluster: ClusterConfig,
+    pub uploads: UploadsConfig,
+}
+
+/// File uploads (attachments): limits, storage and media processing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsConfig {
+    /// Largest file accepted, in bytes.
+    pub max_bytes: u64,
+    /// Bytes of uploads each user may keep (every upload counts, attached or not).
+    pub quota_bytes: u64,
+    /// Uploads never attached to a message are removed after this long.
+    pub unattached_ttl_secs: u64,
+    /// How often garbage collection runs.
+    pub gc_interval_secs: u64,
+    /// Accepted content types (`image/*`, `application/pdf`, `*/*`), matched against the
+    /// type found in the bytes.
+    pub allowed_types: Vec<String>,
+    /// `local` (files under `<data_dir>/uploads`) or `s3`.
+    pub storage: String,
+    pub s3: S3Config,
+    /// Path of `ffmpeg` for video posters; `auto` looks on PATH, empty disables.
+    pub ffmpeg: String,
+    /// Images with more pixels than this are refused before decoding.
+    pub max_image_pixels: u64,
+    /// Images and videos processed at once (each on a blocking thread).
+    pub max_concurrent_processing: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint URL of an S3-compatible service; empty means AWS for `region`.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Allow a plain-HTTP endpoint (a service on loopback or a private network).
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            bucket: String::new(),
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            allow_http: false,
+        }
+    }
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            max_bytes: 100 * 1024 * 1024,
+            quota_bytes: 1024 * 1024 * 1024,
+            unattached_ttl_secs: 24 * 3600,
+            gc_interval_secs: 300,
+            allowed_types: vec!["*/*".into()],
+            storage: "local".into(),
+            s3: S3Config::default(),
+            ffmpeg: "auto".into(),
+            max_image_pixels: 50_000_000,
+            max_concurrent_processing: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,6 +287,7 @@ impl Default for Config {
             log_format: "text".into(),
             admin_token: None,
             cluster: ClusterConfig::default(),
+            uploads: UploadsConfig::default(),
         }
     }
 }
@@ -321,6 +392,20 @@ impl Config {
         anyhow::ensure!(
             matches!(self.durability.as_str(), "process" | "fsync"),
             "durability must be \"process\" or \"fsync\""
+        );
+        anyhow::ensure!(
+            matches!(self.uploads.storage.as_str(), "local" | "s3"),
+            "uploads.storage must be \"local\" or \"s3\""
+        );
+        if self.uploads.storage == "s3" {
+            anyhow::ensure!(
+                !self.uploads.s3.bucket.is_empty(),
+                "uploads.s3.bucket is required with uploads.storage = \"s3\""
+            );
+        }
+        anyhow::ensure!(
+            self.uploads.gc_interval_secs > 0,
+            "uploads.gc_interval_secs must be at least 1"
         );
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),

@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`tls`]: rustls listener.
 //! - [`state`]: what handlers share.
+//! - [`uploads`]: the upload service (resumable receiving, completion, media, GC).
 //!
 //! Architecture invariant: only this crate knows HTTP and WebSocket; the core never sees a
 //! socket, and this crate reaches storage only through the core's ports.
@@ -23,6 +24,7 @@ pub mod hub;
 pub mod metrics;
 pub mod state;
 pub mod tls;
+pub mod uploads;
 mod ws;
 
 use crate::config::Config;
@@ -65,6 +67,8 @@ pub async fn run(
         recent,
         probes,
         cluster_stats,
+        upload_store,
+        blobs,
     } = backends::build(&config).await?;
     let secret = auth::load_or_create_secret(&config.auth, &config.data_dir)?;
     let auth = auth::Auth::new(&config.auth, &secret)?;
@@ -79,6 +83,17 @@ pub async fn run(
         Arc::clone(&metrics),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let scratch = config.data_dir.join("tmp");
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", scratch.display()))?;
+    let uploads = Arc::new(uploads::Uploads::new(
+        upload_store,
+        blobs,
+        config.uploads.clone(),
+        scratch,
+        Arc::clone(&metrics),
+    ));
+    let upload_gc = tokio::spawn(Arc::clone(&uploads).run_gc(stop_rx.clone()));
 
     let store_port = Arc::clone(&store);
     let state = AppState {
@@ -93,6 +108,7 @@ pub async fn run(
             auth,
             hub,
             limiter,
+            uploads,
             probes,
             metrics,
             shutdown: stop_rx.clone(),
@@ -144,6 +160,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
     }
     presence_ticker.abort();
+    upload_gc.abort();
     // Everyone whose devices were just disconnected goes offline now, so that their
     // last-seen time is stored before the store closes (the grace period would end
     // after the process).

@@ -19,6 +19,17 @@ pub struct Metrics {
     /// From receiving a send to acknowledging it (validation, queueing, group commit).
     pub ack_latency: Histogram,
     pub errors: IntCounterVec,
+    /// Upload bytes received and stored (every part of every upload).
+    pub upload_bytes: IntCounter,
+    /// Uploads that completed, by outcome (`stored`, `deduplicated`, `rejected`).
+    pub uploads_completed: IntCounterVec,
+    /// Bytes of upload content and thumbnails sent to clients.
+    pub download_bytes: IntCounter,
+    /// Time from the last byte of an upload to it being ready (hash, checks, thumbnails).
+    pub upload_processing: Histogram,
+    /// Uploads and blobs removed by garbage collection.
+    pub uploads_collected: IntCounter,
+    pub blobs_collected: IntCounter,
     /// Cluster adapters' counters, copied into gauges at each scrape.
     cluster: std::sync::OnceLock<(crate::backends::ClusterStats, [IntGauge; 6])>,
 }
@@ -70,6 +81,43 @@ impl Metrics {
             Opts::new("errors_total", "Errors returned to clients, by code"),
             &["code"],
         )?;
+        let upload_bytes =
+            IntCounter::new("upload_bytes_total", "Upload bytes received and stored")?;
+        let uploads_completed = IntCounterVec::new(
+            Opts::new("uploads_completed_total", "Completed uploads, by outcome"),
+            &["outcome"],
+        )?;
+        let download_bytes = IntCounter::new(
+            "download_bytes_total",
+            "Bytes of uploads and thumbnails sent to clients",
+        )?;
+        let upload_processing = Histogram::with_opts(
+            HistogramOpts::new(
+                "upload_processing_seconds",
+                "Last byte of an upload to ready (hash, type check, thumbnails)",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        let uploads_collected = IntCounter::new(
+            "uploads_collected_total",
+            "Uploads removed by garbage collection",
+        )?;
+        let blobs_collected = IntCounter::new(
+            "blobs_collected_total",
+            "Stored contents removed by garbage collection",
+        )?;
+        for counter in [
+            &upload_bytes,
+            &download_bytes,
+            &uploads_collected,
+            &blobs_collected,
+        ] {
+            registry.register(Box::new(counter.clone()))?;
+        }
+        registry.register(Box::new(uploads_completed.clone()))?;
+        registry.register(Box::new(upload_processing.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(messages_accepted.clone()))?;
@@ -90,6 +138,12 @@ impl Metrics {
             delivery_latency,
             ack_latency,
             errors,
+            upload_bytes,
+            uploads_completed,
+            download_bytes,
+            upload_processing,
+            uploads_collected,
+            blobs_collected,
             cluster: std::sync::OnceLock::new(),
         })
     }

@@ -23,6 +23,7 @@ pub struct Inner {
     pub auth: Auth,
     pub hub: Arc<Hub>,
     pub limiter: Arc<dyn RateLimiter>,
+    pub uploads: Arc<crate::uploads::Uploads>,
     /// Engines `/readyz` checks besides the store (cluster mode).
     pub probes: Vec<(&'static str, crate::backends::Probe)>,
     pub metrics: Arc<Metrics>,

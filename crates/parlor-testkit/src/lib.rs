@@ -17,11 +17,13 @@
 //! blocks the calling thread briefly; the client calls are async.
 
 pub mod engines;
+pub mod s3;
 mod server;
 
 pub use engines::{
     engines_available, missing_engines, shared_engines, ClusterSpec, Engines, BACKEND_ENV,
 };
+pub use s3::{s3s_fs_available, S3Server};
 pub use server::{
     cluster_env, default_backend, parlor_bin, relaxed_rate_limits, Backend, ServerOptions,
     TestServer, RELAXED_RATE_RULES,

@@ -7,6 +7,7 @@ pub mod history;
 pub mod idle;
 pub mod search;
 pub mod sync;
+pub mod uploads;
 
 use crate::census::Census;
 use crate::cluster::{ClusterEngines, EnginesInfo};

@@ -7,6 +7,7 @@ mod codec;
 mod reader;
 mod schema;
 mod search_index;
+mod uploads;
 mod writer;
 
 use async_trait::async_trait;
@@ -14,7 +15,8 @@ use futures_util::stream::StreamExt;
 use parking_lot::RwLock;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
-use parlor_core::ports::{Backlog, BoxFuture, Bus, Store};
+use parlor_core::ports::{Backlog, BoxFuture, Bus, Store, UploadStore};
+use parlor_core::uploads::{BlobRecord, Garbage, NewBlob, NewUpload, UploadRecord};
 use parlor_proto::rest::{
     ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, Receipts,
     SearchResults, UserView,
@@ -492,5 +494,69 @@ impl Store for SqliteStore {
                     .with_reader(|index| reader::search(conn, index, &visible, &query, candidates))
             })
             .await
+    }
+}
+
+#[async_trait]
+impl UploadStore for SqliteStore {
+    async fn create_upload(&self, upload: NewUpload, quota: u64) -> Result<UploadRecord> {
+        self.call(|reply| Command::CreateUpload {
+            upload,
+            quota,
+            reply,
+        })
+        .await
+    }
+
+    async fn upload(&self, id: Id) -> Result<Option<UploadRecord>> {
+        self.reads
+            .run(move |conn| uploads::load_upload(conn, id).map_err(reader::db_err))
+            .await
+    }
+
+    async fn advance_upload(&self, id: Id, from: u64, to: u64) -> Result<UploadRecord> {
+        self.call(|reply| Command::AdvanceUpload {
+            id,
+            from,
+            to,
+            reply,
+        })
+        .await
+    }
+
+    async fn blob_by_sha(&self, sha256: &str) -> Result<Option<BlobRecord>> {
+        let sha256 = sha256.to_owned();
+        self.reads
+            .run(move |conn| uploads::blob_by_sha(conn, &sha256).map_err(reader::db_err))
+            .await
+    }
+
+    async fn complete_upload(&self, id: Id, blob: NewBlob) -> Result<(UploadRecord, bool)> {
+        self.call(|reply| Command::CompleteUpload { id, blob, reply })
+            .await
+    }
+
+    async fn delete_upload(&self, id: Id) -> Result<Garbage> {
+        self.call(|reply| Command::DeleteUpload { id, reply }).await
+    }
+
+    async fn may_download(&self, viewer: UserId, id: Id) -> Result<bool> {
+        self.reads
+            .run(move |conn| uploads::may_download(conn, viewer, id).map_err(reader::db_err))
+            .await
+    }
+
+    async fn usage(&self, owner: UserId) -> Result<u64> {
+        self.reads
+            .run(move |conn| uploads::usage(conn, owner).map_err(reader::db_err))
+            .await
+    }
+
+    async fn collect_garbage(&self, unattached_before_ms: i64) -> Result<Garbage> {
+        self.call(|reply| Command::CollectGarbage {
+            unattached_before_ms,
+            reply,
+        })
+        .await
     }
 }

@@ -85,7 +85,7 @@ pub fn user_view(row: &Row<'_>) -> rusqlite::Result<UserView> {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "conv_id, seq, id, sender, body, created_at, cid, pos, reply_to, mentions, mention_all, edited_at, deleted";
+    "conv_id, seq, id, sender, body, created_at, cid, pos, reply_to, mentions, mention_all, edited_at, deleted, attachments";
 
 fn message_view(row: &Row<'_>) -> rusqlite::Result<MessageView> {
     let mentions: Option<String> = row.get(9)?;
@@ -106,6 +106,9 @@ fn message_view(row: &Row<'_>) -> rusqlite::Result<MessageView> {
         mention_all: row.get(10)?,
         edited_at: row.get(11)?,
         deleted: row.get(12)?,
+        attachments: super::uploads::attachments_from_json(
+            row.get::<_, Option<String>>(13)?.as_deref(),
+        ),
     })
 }
 

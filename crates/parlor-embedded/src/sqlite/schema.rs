@@ -96,6 +96,49 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE members ADD COLUMN delivered_seq INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE users ADD COLUMN last_seen INTEGER;
     "#,
+    // 3: uploads. Content is stored once per SHA-256 (blobs); uploads are a user's
+    // files; attachment_refs say which messages carry which upload.
+    r#"
+    CREATE TABLE blobs (
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT NOT NULL UNIQUE,
+        key TEXT NOT NULL,               -- object key in blob storage
+        size INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        width INTEGER,
+        height INTEGER,
+        blurhash TEXT,
+        thumbnails TEXT NOT NULL DEFAULT '[]',   -- JSON list of ThumbnailView
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE uploads (
+        id INTEGER PRIMARY KEY,
+        owner INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        declared_type TEXT,
+        length INTEGER NOT NULL,
+        received INTEGER NOT NULL DEFAULT 0,
+        parts TEXT NOT NULL DEFAULT '',  -- space-separated start offsets of stored parts
+        created_at INTEGER NOT NULL,
+        blob_id INTEGER,                 -- set once complete
+        attached_at INTEGER,             -- first time a message carried it
+        detached_at INTEGER              -- a message carrying it was deleted since
+    );
+    CREATE INDEX uploads_by_owner ON uploads(owner);
+    CREATE INDEX uploads_by_blob ON uploads(blob_id);
+    CREATE INDEX uploads_unattached ON uploads(created_at) WHERE attached_at IS NULL;
+    -- Garbage collection looks only at uploads that lost a reference, not at every
+    -- attached one.
+    CREATE INDEX uploads_detached ON uploads(detached_at) WHERE detached_at IS NOT NULL;
+    CREATE TABLE attachment_refs (
+        upload_id INTEGER NOT NULL,
+        conv_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (upload_id, conv_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX attachment_refs_by_message ON attachment_refs(conv_id, seq);
+    ALTER TABLE messages ADD COLUMN attachments TEXT;  -- JSON list of AttachmentView
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

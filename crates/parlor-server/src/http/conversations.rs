@@ -142,6 +142,7 @@ pub async fn send(
         reply_to: req.reply_to,
         mentions: req.mentions,
         mention_all: req.mention_all,
+        attachments: req.attachments,
     };
     let appended = state.chat.send(me.user, id, draft)?.await?;
     let status = if appended.duplicate {

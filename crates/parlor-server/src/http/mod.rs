@@ -6,6 +6,7 @@ mod admin;
 mod conversations;
 pub mod error;
 mod ops;
+mod uploads;
 mod web;
 
 use crate::state::AppState;
@@ -71,6 +72,24 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/conversations/{id}/messages/{seq}",
             patch(conversations::edit).delete(conversations::delete_message),
+        )
+        .route(
+            "/v1/uploads",
+            post(uploads::create)
+                .get(uploads::usage)
+                .options(uploads::options),
+        )
+        .route(
+            "/v1/uploads/{id}",
+            get(uploads::info)
+                .head(uploads::head)
+                .patch(uploads::patch)
+                .delete(uploads::terminate),
+        )
+        .route("/v1/uploads/{id}/content", get(uploads::content))
+        .route(
+            "/v1/uploads/{id}/thumbnails/{size}",
+            get(uploads::thumbnail),
         )
         .route("/v1/search", get(conversations::search))
         .route("/v1/presence", get(accounts::presence))

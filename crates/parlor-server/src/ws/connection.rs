@@ -423,6 +423,7 @@ impl Connection {
                 reply_to,
                 mentions,
                 mention_all,
+                attachments,
             } => {
                 let started = Instant::now();
                 let draft = Draft {
@@ -431,6 +432,7 @@ impl Connection {
                     reply_to,
                     mentions,
                     mention_all,
+                    attachments,
                 };
                 match self.state.chat.send(self.principal.user, conv, draft) {
                     Ok(commit) => {

@@ -108,6 +108,7 @@ pub async fn send_full(
         reply_to,
         mentions,
         mention_all,
+        attachments: Vec::new(),
     })
     .await
     .expect("send frame");
@@ -129,6 +130,7 @@ pub async fn rest_send_full(
         reply_to,
         mentions,
         mention_all,
+        attachments: Vec::new(),
     };
     http.send_request(token, conv, &body).await
 }

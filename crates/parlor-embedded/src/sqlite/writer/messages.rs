@@ -76,6 +76,7 @@ impl Writer {
             reply_to,
             mentions,
             mention_all,
+            attachments: attachment_ids,
         } = message;
         let is_member =
             matches!(self.conv(conv)?, Some(state) if state.roles.contains_key(&sender));
@@ -114,6 +115,18 @@ impl Writer {
         if mention_all && state.info.kind != ConversationKind::Group {
             return Err(Error::new(ErrorCode::BadRequest, "@all is only for groups"));
         }
+        let mut attachments = Vec::with_capacity(attachment_ids.len());
+        for &upload in &attachment_ids {
+            let record = super::super::uploads::load_upload(&self.conn, upload).map_err(db_err)?;
+            attachments.push(parlor_core::uploads::may_attach(
+                sender,
+                upload,
+                record.as_ref(),
+            )?);
+        }
+        let Some(state) = self.convs.get(&conv) else {
+            return Err(Error::internal());
+        };
         let seq = state.last_seq + 1;
         let recipients = Arc::clone(&state.recipients);
         let ts = now_ms();
@@ -129,8 +142,8 @@ impl Writer {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT(sender, cid) DO NOTHING",
+                "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all, attachments)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT(sender, cid) DO NOTHING",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -144,13 +157,29 @@ impl Writer {
                     ts,
                     reply_to.map(|r| r as i64),
                     mention_list,
-                    mention_all
+                    mention_all,
+                    super::super::uploads::attachments_to_json(&attachments)
                 ])
             })
             .map_err(db_err)?;
         if inserted == 0 {
             let cid = cid.as_deref().unwrap_or_default();
             return self.original(sender, cid)?.ok_or_else(Error::internal);
+        }
+        for upload in &attachment_ids {
+            self.conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO attachment_refs (upload_id, conv_id, seq) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut s| s.execute(params![upload.0 as i64, conv.0 as i64, seq as i64]))
+                .map_err(db_err)?;
+            self.conn
+                .prepare_cached(
+                    "UPDATE uploads SET attached_at = COALESCE(attached_at, ?2), detached_at = NULL
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![upload.0 as i64, ts]))
+                .map_err(db_err)?;
         }
         if !mentions.is_empty() {
             let mut stmt = self
@@ -200,6 +229,7 @@ impl Writer {
                     mention_all,
                     edited_at: None,
                     deleted: false,
+                    attachments,
                 },
             }),
         });
@@ -353,9 +383,23 @@ impl Writer {
         // The text leaves the store: a tombstone keeps only who and when.
         self.conn
             .prepare_cached(
-                "UPDATE messages SET body = '', mentions = NULL, mention_all = 0, reply_to = NULL, deleted = 1
+                "UPDATE messages SET body = '', mentions = NULL, mention_all = 0, reply_to = NULL, deleted = 1,
+                        attachments = NULL
                  WHERE conv_id = ?1 AND seq = ?2",
             )
+            .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64]))
+            .map_err(db_err)?;
+        // Files the message carried become garbage once no other message carries them;
+        // marking them lets garbage collection find them without a scan.
+        self.conn
+            .prepare_cached(
+                "UPDATE uploads SET detached_at = ?3
+                 WHERE id IN (SELECT upload_id FROM attachment_refs WHERE conv_id = ?1 AND seq = ?2)",
+            )
+            .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64, at]))
+            .map_err(db_err)?;
+        self.conn
+            .prepare_cached("DELETE FROM attachment_refs WHERE conv_id = ?1 AND seq = ?2")
             .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64]))
             .map_err(db_err)?;
 

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 mod accounts;
 mod conversations;
 mod messages;
+mod uploads;
 
 /// Upper bound of commands per transaction; keeps the commit latency bounded under load.
 pub const MAX_BATCH: usize = 4096;
@@ -112,6 +113,30 @@ pub enum Command {
         user: UserId,
         at: i64,
         reply: Reply<()>,
+    },
+    CreateUpload {
+        upload: parlor_core::uploads::NewUpload,
+        quota: u64,
+        reply: Reply<parlor_core::uploads::UploadRecord>,
+    },
+    AdvanceUpload {
+        id: Id,
+        from: u64,
+        to: u64,
+        reply: Reply<parlor_core::uploads::UploadRecord>,
+    },
+    CompleteUpload {
+        id: Id,
+        blob: parlor_core::uploads::NewBlob,
+        reply: Reply<(parlor_core::uploads::UploadRecord, bool)>,
+    },
+    DeleteUpload {
+        id: Id,
+        reply: Reply<parlor_core::uploads::Garbage>,
+    },
+    CollectGarbage {
+        unattached_before_ms: i64,
+        reply: Reply<parlor_core::uploads::Garbage>,
     },
 }
 
@@ -323,11 +348,50 @@ impl Writer {
             Command::Edit { reply, .. } => fail(reply),
             Command::Delete { reply, .. } | Command::SetLastSeen { reply, .. } => fail(reply),
             Command::Delivered { reply, .. } => fail(reply),
+            Command::CreateUpload { reply, .. } | Command::AdvanceUpload { reply, .. } => {
+                fail(reply)
+            }
+            Command::CompleteUpload { reply, .. } => fail(reply),
+            Command::DeleteUpload { reply, .. } | Command::CollectGarbage { reply, .. } => {
+                fail(reply)
+            }
         }
     }
 
     fn execute(&mut self, command: Command) {
         match command {
+            Command::CreateUpload {
+                upload,
+                quota,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.create_upload(upload, quota));
+                self.finish(reply, result)
+            }
+            Command::AdvanceUpload {
+                id,
+                from,
+                to,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.advance_upload(id, from, to));
+                self.finish(reply, result)
+            }
+            Command::CompleteUpload { id, blob, reply } => {
+                let result = self.savepoint(|w| w.complete_upload(id, blob));
+                self.finish(reply, result)
+            }
+            Command::DeleteUpload { id, reply } => {
+                let result = self.savepoint(|w| w.delete_upload(id));
+                self.finish(reply, result)
+            }
+            Command::CollectGarbage {
+                unattached_before_ms,
+                reply,
+            } => {
+                let result = self.savepoint(|w| w.collect_garbage(unattached_before_ms));
+                self.finish(reply, result)
+            }
             Command::Ping(reply) => self.finish(reply, Ok(())),
             Command::Shutdown(reply) => {
                 self.stopping = true;
@@ -406,7 +470,12 @@ impl Writer {
                 self.finish(reply, result)
             }
             Command::Append { message, reply } => {
-                let result = self.append(message);
+                // Plain messages skip the savepoint: every check precedes their one write.
+                let result = if message.attachments.is_empty() {
+                    self.append(message)
+                } else {
+                    self.savepoint(|w| w.append(message))
+                };
                 self.finish(reply, result)
             }
             Command::Edit {
