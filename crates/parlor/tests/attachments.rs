@@ -1200,3 +1200,66 @@ async fn uploads_need_a_token_and_bad_requests_get_clear_errors() {
     assert_eq!(view.name, "hi.txt");
     assert_eq!(view.state, UploadState::Ready);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_go_out_over_websocket_too() {
+    let s = setup(&[]);
+    let alice = user(&s.http, "alice").await;
+    let bob = user(&s.http, "bob").await;
+    let conv = direct(&s.http, &alice, &bob).await;
+    let (mut alice_ws, _) = live(&s.server, &alice.token).await;
+    let (mut bob_ws, _) = live(&s.server, &bob.token).await;
+    let a = upload(&s.http, &alice, "one.png", "image/png", &png(20, 10, false)).await;
+    let b = upload(&s.http, &alice, "two.txt", "text/plain", b"two").await;
+    alice_ws
+        .send_frame(&parlor_client::proto::ws::ClientFrame::Send {
+            cid: "ws-att".into(),
+            conv,
+            text: "two files".into(),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+            attachments: vec![a.id, b.id],
+        })
+        .await
+        .unwrap();
+    let acked = ack(&mut alice_ws, "ws-att").await;
+    let got = wait_for(&mut bob_ws, |f| match f {
+        ServerFrame::Message(m) if m.message.seq == acked.seq => Some(m.message.clone()),
+        _ => None,
+    })
+    .await;
+    let ids: Vec<Id> = got.attachments.iter().map(|x| x.id).collect();
+    assert_eq!(ids, vec![a.id, b.id], "in the order the sender gave");
+    // A retry of the same cid is the same message, not a second one.
+    alice_ws
+        .send_frame(&parlor_client::proto::ws::ClientFrame::Send {
+            cid: "ws-att".into(),
+            conv,
+            text: "two files".into(),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+            attachments: vec![a.id, b.id],
+        })
+        .await
+        .unwrap();
+    let again = ack(&mut alice_ws, "ws-att").await;
+    assert!(again.duplicate);
+    assert_eq!(again.seq, acked.seq);
+    // Too many, or the same one twice, is a clear error on the frame.
+    alice_ws
+        .send_frame(&parlor_client::proto::ws::ClientFrame::Send {
+            cid: "ws-twice".into(),
+            conv,
+            text: "x".into(),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+            attachments: vec![a.id, a.id],
+        })
+        .await
+        .unwrap();
+    let error = error_for(&mut alice_ws, "ws-twice").await;
+    assert_eq!(error.code, ErrorCode::BadRequest);
+}

@@ -1187,3 +1187,107 @@ async fn connecting_during_a_postgres_outage_is_retryable_not_unauthorized() {
     })
     .await;
 }
+
+/// Uploads keep their parts in the shared object storage, so an upload begun on a node
+/// that dies completes on another, and a member on a third node downloads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_begun_on_a_killed_node_completes_on_another() {
+    let s3 =
+        tokio::task::block_in_place(parlor_testkit::s3::S3Server::start).expect("start s3s-fs");
+    let env = [
+        ("PARLOR_UPLOADS__STORAGE", "s3".to_string()),
+        ("PARLOR_UPLOADS__S3__ENDPOINT", s3.endpoint.clone()),
+        ("PARLOR_UPLOADS__S3__BUCKET", s3.bucket.clone()),
+        ("PARLOR_UPLOADS__S3__ACCESS_KEY_ID", s3.access_key.clone()),
+        (
+            "PARLOR_UPLOADS__S3__SECRET_ACCESS_KEY",
+            s3.secret_key.clone(),
+        ),
+        ("PARLOR_UPLOADS__S3__ALLOW_HTTP", "true".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut cluster = Cluster::start(&env);
+    let alice = user(&cluster.http(0), "alice").await;
+    let bob = user(&cluster.http(2), "bob").await;
+    let conv = cluster.direct(1, &alice, bob.id).await;
+
+    // A picture of a few hundred kilobytes, sent in two halves.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(1200, 800, |x, y| {
+        image::Rgb([
+            (x * 7 % 251) as u8,
+            (y * 3 % 241) as u8,
+            ((x ^ y) % 239) as u8,
+        ])
+    })
+    .write_to(&mut png, image::ImageFormat::Png)
+    .unwrap();
+    let png = png.into_inner();
+    let half = png.len() / 2;
+    let created = cluster
+        .http(0)
+        .tus_create(&alice.token, "view.png", "image/png", png.len() as u64)
+        .await
+        .unwrap();
+    let offset = cluster
+        .http(0)
+        .tus_patch(&alice.token, created.id, 0, png[..half].to_vec())
+        .await
+        .unwrap();
+    assert_eq!(offset, half as u64);
+    cluster.kill(0);
+
+    let n2 = cluster.http(1);
+    assert_eq!(
+        n2.tus_offset(&alice.token, created.id).await.unwrap(),
+        half as u64
+    );
+    let end = n2
+        .tus_patch(&alice.token, created.id, half as u64, png[half..].to_vec())
+        .await
+        .unwrap();
+    assert_eq!(end, png.len() as u64);
+    let ready = n2.upload_info(&alice.token, created.id).await.unwrap();
+    let attachment = ready.attachment.expect("ready upload");
+    assert_eq!(
+        (attachment.width, attachment.height),
+        (Some(1200), Some(800))
+    );
+    assert_eq!(attachment.thumbnails.len(), 2);
+    n2.send_request(
+        &alice.token,
+        conv,
+        &parlor_client::proto::rest::SendRequest {
+            cid: Some("pic".into()),
+            text: "the view".into(),
+            reply_to: None,
+            mentions: Vec::new(),
+            mention_all: false,
+            attachments: vec![created.id],
+        },
+    )
+    .await
+    .unwrap();
+
+    let n3 = cluster.http(2);
+    assert_eq!(
+        n3.download_bytes(&bob.token, created.id).await.unwrap(),
+        png
+    );
+    let thumb = n3
+        .download(
+            &bob.token,
+            &format!("/v1/uploads/{}/thumbnails/medium", created.id),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(thumb.status(), 200);
+    let messages = history(&n3, &bob.token, conv).await;
+    assert_eq!(
+        messages.last().map(|m| m.attachments.clone()),
+        Some(vec![attachment])
+    );
+    drop(cluster);
+    drop(s3);
+}
