@@ -33,6 +33,7 @@ fn encode_message() -> usize {
             mention_all: false,
             edited_at: None,
             deleted: false,
+            attachments: Vec::new(),
         },
     });
     serde_json::to_string(divan::black_box(&frame))
