@@ -15,7 +15,14 @@
 //! # Errors
 //! Storage failures are logged here, with the key and the cause, and reach the caller as
 //! [`Error::unavailable`]: the client may retry, and the cause stays in the log. A
-//! missing object is `NotFound`, a range starting past the end `RangeNotSatisfiable`.
+//! missing object is `NotFound`, a range starting past the end `RangeNotSatisfiable`; a
+//! range ending past the end is cut at the end, as HTTP ranges are.
+//!
+//! # Operating S3
+//! A `put` whose future is dropped midway (the server shutting down) leaves the parts
+//! of its multipart upload in the bucket, where S3 keeps them until an
+//! `AbortIncompleteMultipartUpload` lifecycle rule removes them: configure one. `copy`
+//! is a single `CopyObject`, which AWS allows up to 5 GiB.
 
 mod local;
 mod put;
@@ -105,20 +112,14 @@ impl ObjectBlobStore {
         Error::unavailable()
     }
 
-    /// `NotFound` or `RangeNotSatisfiable` when that is what `range` of `key` meets, else
-    /// `Ok`. Asked separately because `object_store` reports a range past the end as a
-    /// generic error, and each service words it its own way.
-    async fn check_range(&self, key: &str, path: &Path, range: &Range<u64>) -> Result<()> {
+    /// Why a ranged read failed, when the reason is the object rather than the storage:
+    /// `object_store` reports a range past the end as a generic error, worded by each
+    /// service its own way, so the object's size is asked for separately.
+    async fn range_problem(&self, path: &Path, range: &Range<u64>) -> Option<Error> {
         match self.store.head(path).await {
-            // An empty range may sit at the very end; a non-empty one must start inside.
-            Ok(meta)
-                if range.start > meta.size || (range.start == meta.size && !range.is_empty()) =>
-            {
-                Err(range_not_satisfiable())
-            }
-            Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => Err(not_found()),
-            Err(e) => Err(self.failed("head", key, &e)),
+            Ok(meta) if range.start >= meta.size => Some(range_not_satisfiable()),
+            Err(object_store::Error::NotFound { .. }) => Some(not_found()),
+            _ => None,
         }
     }
 }
@@ -158,11 +159,15 @@ impl BlobStore for ObjectBlobStore {
             if r.start > r.end {
                 return Err(range_not_satisfiable());
             }
-            // `object_store` refuses empty ranges; the answer is empty if the object
-            // exists and the range is within it.
+            // `object_store` refuses empty ranges. One within the object (its very end
+            // included) reads as nothing.
             if r.start == r.end {
-                self.check_range(key, &path, r).await?;
-                return Ok(futures_util::stream::empty().boxed());
+                return match self.store.head(&path).await {
+                    Ok(meta) if r.start > meta.size => Err(range_not_satisfiable()),
+                    Ok(_) => Ok(futures_util::stream::empty().boxed()),
+                    Err(object_store::Error::NotFound { .. }) => Err(not_found()),
+                    Err(e) => Err(self.failed("head", key, &e)),
+                };
             }
         }
         let options = GetOptions {
@@ -184,7 +189,9 @@ impl BlobStore for ObjectBlobStore {
             Err(object_store::Error::NotFound { .. }) => Err(not_found()),
             Err(e) => {
                 if let Some(r) = &range {
-                    self.check_range(key, &path, r).await?;
+                    if let Some(problem) = self.range_problem(&path, r).await {
+                        return Err(problem);
+                    }
                 }
                 Err(self.failed("get", key, &e))
             }

@@ -12,10 +12,11 @@ use std::time::Duration;
 /// Where the objects go. The server maps its configuration onto this.
 #[derive(Clone, Default)]
 pub struct S3Config {
-    /// Base URL of an S3-compatible service (`http://127.0.0.1:9000`); `None` for AWS,
-    /// whose endpoint follows from `region`.
+    /// Base URL of an S3-compatible service (`http://127.0.0.1:9000`); `None` (or empty)
+    /// for AWS, whose endpoint follows from `region`.
     pub endpoint: Option<String>,
     /// Part of every request signature; services other than AWS mostly accept any.
+    /// Empty means `us-east-1`.
     pub region: String,
     pub bucket: String,
     /// Both empty: credentials from the environment the process runs in (web identity
@@ -86,9 +87,9 @@ impl ObjectBlobStore {
                 client = client.with_root_certificate(cert);
             }
         }
-        let path_style = options.path_style.unwrap_or(config.endpoint.is_some());
+        let endpoint = config.endpoint.as_deref().filter(|e| !e.is_empty());
+        let path_style = options.path_style.unwrap_or(endpoint.is_some());
         let mut builder = AmazonS3Builder::new()
-            .with_region(&config.region)
             .with_bucket_name(&config.bucket)
             .with_allow_http(config.allow_http)
             .with_virtual_hosted_style_request(!path_style)
@@ -98,8 +99,12 @@ impl ObjectBlobStore {
                 max_retries: 5,
                 retry_timeout: RETRY_TIMEOUT,
             });
-        if let Some(endpoint) = &config.endpoint {
+        if let Some(endpoint) = endpoint {
             builder = builder.with_endpoint(endpoint);
+        }
+        // Left unset when empty, so that the builder signs for its default, us-east-1.
+        if !config.region.is_empty() {
+            builder = builder.with_region(&config.region);
         }
         // Set only when given: an empty pair is how the configuration asks for the
         // environment's credentials, and the builder would sign with empty keys instead.
@@ -113,7 +118,7 @@ impl ObjectBlobStore {
             .map_err(|e| invalid(format!("s3 client: {e}")))?;
         tracing::debug!(
             bucket = %config.bucket,
-            endpoint = config.endpoint.as_deref().unwrap_or("aws"),
+            endpoint = endpoint.unwrap_or("aws"),
             path_style,
             "s3 object storage"
         );

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// Overrides where the `s3s-fs` binary is looked for.
-pub const S3S_FS_ENV: &str = "PARLOR_S3S_FS";
+pub const S3S_FS_ENV: &str = "PARLOR_TEST_S3S_FS";
 
 /// How `scripts/test` installs the binary (0.14.1: later versions need a newer rustc
 /// than the workspace's minimum).
@@ -224,7 +224,7 @@ pub fn s3s_fs_available() -> bool {
     s3s_fs_bin().is_some()
 }
 
-/// The `s3s-fs` binary: `$PARLOR_S3S_FS` when set (and only there, so a wrong setting
+/// The `s3s-fs` binary: `$PARLOR_TEST_S3S_FS` when set (and only there, so a wrong setting
 /// is noticed), else the first found in `PATH`, `$CARGO_TARGET_DIR/tools/bin`, the
 /// target directory of the running test binary, `<workspace>/target/tools/bin` and
 /// `/work/tools/bin`.

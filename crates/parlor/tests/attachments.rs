@@ -68,6 +68,36 @@ fn setup(env: &[(&str, &str)]) -> Setup {
     }
 }
 
+impl Setup {
+    /// The directory objects land in: `<data_dir>/uploads`, or the S3 bucket's
+    /// directory of the s3s-fs server (which stores objects as plain files).
+    fn storage_dir(&self) -> std::path::PathBuf {
+        match &self._s3 {
+            Some(s3) => s3.bucket_dir(),
+            None => self.server.data_dir().join("uploads"),
+        }
+    }
+
+    /// Files (objects) under `prefix` of the storage, at any depth.
+    fn objects(&self, prefix: &str) -> usize {
+        fn count(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .map(|e| match e.file_type() {
+                            Ok(t) if t.is_dir() => count(&e.path()),
+                            Ok(t) if t.is_file() => 1,
+                            _ => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&self.storage_dir().join(prefix))
+    }
+}
+
 fn sha_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -1014,12 +1044,7 @@ async fn identical_content_is_stored_once() {
         s.http.download_bytes(&bob.token, b.id).await.unwrap(),
         bytes
     );
-    if !storage_is_s3() {
-        let blobs = std::fs::read_dir(s.server.data_dir().join("uploads").join("blobs"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        assert_eq!(blobs, 3, "one content and its two thumbnails");
-    }
+    assert_eq!(s.objects("blobs"), 3, "one content and its two thumbnails");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1091,27 +1116,12 @@ async fn garbage_collection_removes_unused_uploads() {
         .unwrap()
         .attachments
         .is_empty());
-    if !storage_is_s3() {
-        // Only the kept content is left in storage, and no staged parts.
-        let dir = s.server.data_dir().join("uploads");
-        let count = |sub: &str| {
-            std::fs::read_dir(dir.join(sub))
-                .map(|d| d.count())
-                .unwrap_or(0)
-        };
-        poll("storage to be cleaned", || async {
-            (count("blobs") == 1).then_some(())
-        })
-        .await;
-        let staged: usize = std::fs::read_dir(dir.join("staging"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| std::fs::read_dir(e.path()).map(|d| d.count()).unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0);
-        assert_eq!(staged, 0);
-    }
+    // Only the kept content is left in storage, and no staged parts.
+    poll("storage to be cleaned", || async {
+        (s.objects("blobs") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.objects("staging"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
