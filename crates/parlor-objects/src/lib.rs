@@ -10,7 +10,8 @@
 //! # Memory
 //! Nothing holds a whole object. `put` keeps at most one part ([`PART_SIZE`]) buffered
 //! plus [`PARTS_IN_FLIGHT`] parts being sent; bodies smaller than a part go up in one
-//! request, larger ones as a multipart upload. `get` hands the service's stream through.
+//! request, larger ones as a multipart upload. `get` hands the service's stream through;
+//! a local file is read in chunks of [`FILE_CHUNK`] (see `local.rs`).
 //!
 //! # Errors
 //! Storage failures are logged here, with the key and the cause, and reach the caller as
@@ -33,7 +34,7 @@ pub use s3::{S3Config, S3Options};
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore};
+use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore};
 use parlor_core::ports::{BlobStore, ByteStream, Written};
 use parlor_core::{Error, Result};
 use parlor_proto::ErrorCode;
@@ -49,6 +50,11 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts of one upload sent at once. Two keep the connection busy while the next part
 /// fills, without multiplying the memory an upload holds.
 pub const PARTS_IN_FLIGHT: usize = 2;
+
+/// Bytes per read of a local file. `object_store` reads 8 KiB per blocking task, which
+/// made a download cost a thread hop per 8 KiB; this keeps the hops rare and the memory
+/// per download small.
+pub const FILE_CHUNK: usize = 256 * 1024;
 
 /// A [`BlobStore`] on the local filesystem or an S3-compatible service. Cheap to clone:
 /// clones share one client.
@@ -178,8 +184,12 @@ impl BlobStore for ObjectBlobStore {
             Ok(result) => {
                 let store = self.backend.name();
                 let key = key.to_owned();
-                Ok(result
-                    .into_stream()
+                let range = result.range.clone();
+                let stream = match result.payload {
+                    GetResultPayload::File(file, _) => return Ok(local::file_stream(file, range)),
+                    GetResultPayload::Stream(stream) => stream,
+                };
+                Ok(stream
                     .map_err(move |e| {
                         tracing::warn!(store, key, error = %e, "object read failed");
                         std::io::Error::from(e)

@@ -282,6 +282,48 @@ export class Api extends Emitter {
     }
   }
 
+  /**
+   * Downloads an authenticated resource (an upload's content or thumbnail) as a blob:
+   * media endpoints need the bearer token, so `<img src>` cannot load them directly.
+   * @param {string} path
+   * @param {AbortSignal} [signal]
+   * @returns {Promise<Blob>}
+   */
+  async blob(path, signal) {
+    for (let attempt = 0; ; attempt++) {
+      let res;
+      try {
+        res = await fetch(path, { headers: { authorization: `Bearer ${await this.token()}` }, signal });
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        throw new ApiError(0, 'network', 'cannot reach the server');
+      }
+      if (res.ok) return res.blob();
+      const err = await errorBody(res);
+      if (res.status === 401 && attempt === 0 && (err.code === 'token_expired' || err.code === 'unauthorized')) {
+        await this.refresh();
+        continue;
+      }
+      if (res.status === 401) {
+        this.markExpired();
+        throw new ApiError(401, 'session_expired', err.message);
+      }
+      throw new ApiError(res.status, err.code, err.message, err.retry_after_ms);
+    }
+  }
+
+  // Uploads (the bytes themselves go up with XMLHttpRequest, in uploads.js, for progress)
+
+  /** @param {string} id @returns {Promise<import('./types.js').UploadView>} */
+  upload(id) {
+    return this.request('GET', `/v1/uploads/${encodeURIComponent(id)}`);
+  }
+
+  /** Gives up an upload no message carries (frees the quota). @param {string} id */
+  deleteUpload(id) {
+    return this.request('DELETE', `/v1/uploads/${encodeURIComponent(id)}`);
+  }
+
   // Accounts
 
   /** @param {string} username @param {string} password */

@@ -651,6 +651,7 @@ export class Store extends Emitter {
       if (entry.reply_to) m.reply_to = entry.reply_to;
       if (entry.mentions) m.mentions = entry.mentions;
       if (entry.mention_all) m.mention_all = true;
+      if (entry.attachments?.length) m.attachments = entry.attachments;
       const c = this.convs.get(f.conv);
       const existing = c?.messages.get(f.seq);
       this.applyMessage(existing ?? m);
@@ -682,7 +683,9 @@ export class Store extends Emitter {
       }
       if (entry.kind === 'send') {
         entry.state = 'failed';
-        entry.error = describeError(new ApiError(0, f.code, f.message));
+        entry.error = entry.attachments?.length && (f.code === 'not_found' || f.code === 'conflict')
+          ? 'An attached file is no longer available. Delete this message and attach the file again.'
+          : describeError(new ApiError(0, f.code, f.message));
         this.persistOutbox();
         this.changed({ conv: entry.conv, list: true });
       } else {
@@ -776,11 +779,18 @@ export class Store extends Emitter {
 
   // ---- sending
 
-  /** @param {string} conv @param {string} text @param {number} [replyTo] */
-  send(conv, text, replyTo) {
+  /**
+   * @param {string} conv
+   * @param {string} text may be empty when there are attachments
+   * @param {number} [replyTo]
+   * @param {import('./types.js').Attachment[]} [attachments] ready uploads
+   */
+  send(conv, text, replyTo, attachments) {
     /** @type {Outgoing} */
     const entry = { kind: 'send', cid: newCid(), conv, text, ts: Date.now(), state: 'pending' };
     if (replyTo) entry.reply_to = replyTo;
+    // The whole attachment, not only its id: the pending message shows it.
+    if (attachments?.length) entry.attachments = attachments;
     const mentions = this.mentionsIn(conv, text);
     if (mentions.ids.length) entry.mentions = mentions.ids;
     if (mentions.all) entry.mention_all = true;
@@ -840,6 +850,7 @@ export class Store extends Emitter {
       if (entry.reply_to) frame.reply_to = entry.reply_to;
       if (entry.mentions?.length) frame.mentions = entry.mentions;
       if (entry.mention_all) frame.mention_all = true;
+      if (entry.attachments?.length) frame.attachments = entry.attachments.map((a) => a.id);
     } else if (entry.kind === 'edit') {
       frame = { type: 'edit', cid: entry.cid, conv: entry.conv, seq: entry.seq, text: entry.text };
     } else {

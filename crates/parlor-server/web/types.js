@@ -19,8 +19,25 @@
  * @typedef {{
  *   conv: string, id: string, seq: number, sender: string, text: string, ts: number,
  *   cid?: string, reply_to?: number, mentions?: string[], mention_all?: boolean,
- *   edited_at?: number, deleted?: boolean
+ *   edited_at?: number, deleted?: boolean, attachments?: Attachment[]
  * }} Message
+ *
+ * @typedef {'small' | 'medium' | 'poster'} ThumbnailSize
+ *
+ * @typedef {{ size: ThumbnailSize, type: string, width: number, height: number }} Thumbnail
+ *
+ * A finished upload as a message carries it (`GET /v1/uploads/{id}/content` downloads it).
+ * @typedef {{
+ *   id: string, name: string, type: string, size: number, sha256: string,
+ *   width?: number, height?: number, blurhash?: string, thumbnails?: Thumbnail[]
+ * }} Attachment
+ *
+ * @typedef {{
+ *   id: string, owner: string, name: string, state: 'receiving' | 'ready',
+ *   length: number, offset: number, created_at: number, attachment?: Attachment
+ * }} UploadView
+ *
+ * @typedef {{ used_bytes: number, quota_bytes: number, max_upload_bytes: number }} UploadUsage
  *
  * @typedef {{ id: string, kind: 'direct' | 'group', name?: string, created_at: number }} ConversationInfo
  *
@@ -62,7 +79,7 @@
  *
  * @typedef {{
  *   cid: string, conv: string, text: string, ts: number, state: PendingState,
- *   reply_to?: number, mentions?: string[], mention_all?: boolean,
+ *   reply_to?: number, mentions?: string[], mention_all?: boolean, attachments?: Attachment[],
  *   error?: string, kind: 'send' | 'edit' | 'delete', seq?: number
  * }} Outgoing
  */

@@ -164,3 +164,16 @@ export async function sharedPut(key, value) {
     /* localStorage has it */
   }
 }
+
+/** A size for people: "812 B", "48 KB", "1.4 MB" (binary units, as file managers show). @param {number} bytes */
+export function formatBytes(bytes) {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let n = Math.max(0, bytes);
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  const digits = i === 0 || n >= 10 ? 0 : 1;
+  return `${n.toFixed(digits)} ${units[i]}`;
+}

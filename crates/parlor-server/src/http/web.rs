@@ -13,8 +13,10 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
+// `blob:` for images and video: attachments need the bearer token, so the client fetches
+// them and shows them through object URLs.
 const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; \
-                   style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; \
+                   media-src 'self' blob:; style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'";
 
 const JS: &str = "text/javascript; charset=utf-8";
@@ -37,6 +39,9 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("store.js", JS, include_str!("../../web/store.js")),
     ("types.js", JS, include_str!("../../web/types.js")),
     ("util.js", JS, include_str!("../../web/util.js")),
+    ("uploads.js", JS, include_str!("../../web/uploads.js")),
+    ("media.js", JS, include_str!("../../web/media.js")),
+    ("blurhash.js", JS, include_str!("../../web/blurhash.js")),
     ("ui/dom.js", JS, include_str!("../../web/ui/dom.js")),
     ("ui/icons.js", JS, include_str!("../../web/ui/icons.js")),
     ("ui/format.js", JS, include_str!("../../web/ui/format.js")),
@@ -53,6 +58,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../web/ui/messages.js"),
     ),
     ("ui/dialogs.js", JS, include_str!("../../web/ui/dialogs.js")),
+    (
+        "ui/attachments.js",
+        JS,
+        include_str!("../../web/ui/attachments.js"),
+    ),
+    ("ui/tray.js", JS, include_str!("../../web/ui/tray.js")),
     ("ui/details.js", JS, include_str!("../../web/ui/details.js")),
     ("ui/app.js", JS, include_str!("../../web/ui/app.js")),
     ("ui/route.js", JS, include_str!("../../web/ui/route.js")),

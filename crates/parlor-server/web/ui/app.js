@@ -3,6 +3,7 @@
 
 import { Store } from '../store.js';
 import { Socket } from '../socket.js';
+import { Media } from '../media.js';
 import { h, replace } from './dom.js';
 import { icon } from './icons.js';
 import { Sidebar } from './sidebar.js';
@@ -25,6 +26,7 @@ export class App {
     this.onSignedOut = onSignedOut;
     this.socket = new Socket(api);
     this.store = new Store(api, this.socket, me);
+    this.media = new Media(api);
     /** @type {HTMLDialogElement | null} */
     this.relogin = null;
 
@@ -173,6 +175,7 @@ export class App {
     clearInterval(this.statusTimer);
     clearInterval(this.lastSeenTimer);
     this.conversation.dispose();
+    this.media.clear();
   }
 
   /** @param {KeyboardEvent} e */

@@ -1,6 +1,6 @@
 // The conversation pane: header (name, presence, last seen, typing), the scrolling
 // timeline with infinite scroll both ways, and the composer (optimistic sends, replies,
-// edits, drafts kept per conversation).
+// edits, drafts kept per conversation, attachments chosen, pasted or dropped).
 
 import { load, save } from '../util.js';
 import { announce, frameScheduler, h, reconcile, replace } from './dom.js';
@@ -10,6 +10,8 @@ import { Timeline } from './messages.js';
 import { go } from './route.js';
 import { presenceClass } from './sidebar.js';
 import { confirmDialog, newConversationDialog } from './dialogs.js';
+import { AttachTray } from './tray.js';
+import { attachmentSummary } from './attachments.js';
 
 /** Typing notices are re-sent this often while the user keeps typing. */
 const TYPING_EVERY_MS = 3000;
@@ -44,7 +46,8 @@ export class ConversationView {
       onRetry: (cid) => this.store.retry(cid),
       onDiscard: (cid) => this.store.discard(cid),
       onQuote: (seq) => this.convId && this.store.jumpTo(this.convId, seq),
-    });
+    }, { media: app.media, toast: (text) => app.toast(text, 'error') });
+    this.tray = new AttachTray(app.api, () => this.drawSendState());
 
     this.el = h('main', { class: 'pane', id: 'main', tabindex: '-1' });
     this.title = h('h2', { class: 'conv-title', id: 'conv-title' });
@@ -112,6 +115,26 @@ export class ConversationView {
     });
     this.context = h('div', { class: 'composer-context', hidden: true });
     this.sendBtn = h('button', { type: 'submit', class: 'send-btn', 'aria-label': 'Send', title: 'Send (Enter)' }, icon('send'));
+    this.fileInput = h('input', {
+      type: 'file',
+      id: 'attach-input',
+      class: 'sr-only',
+      multiple: true,
+      tabindex: '-1',
+      'aria-hidden': 'true',
+      'aria-label': 'Choose files to attach',
+      onchange: () => {
+        this.tray.add(this.fileInput.files ?? []);
+        // Cleared so that choosing the same file again fires `change` again.
+        this.fileInput.value = '';
+        this.input.focus();
+      },
+    });
+    this.attachBtn = h(
+      'button',
+      { type: 'button', class: 'icon-btn attach-btn', id: 'attach-button', 'aria-label': 'Attach files', title: 'Attach files', onclick: () => this.fileInput.click() },
+      icon('paperclip'),
+    );
     this.composer = h(
       'form',
       {
@@ -122,7 +145,8 @@ export class ConversationView {
         },
       },
       this.context,
-      h('div', { class: 'composer-row' }, this.input, this.sendBtn),
+      this.tray.el,
+      h('div', { class: 'composer-row' }, this.attachBtn, this.fileInput, this.input, this.sendBtn),
     );
     this.notice = h('div', { class: 'conv-notice', hidden: true, role: 'status' });
 
@@ -162,15 +186,96 @@ export class ConversationView {
     );
     this.observer.observe(this.topLoader);
     this.observer.observe(this.bottomLoader);
+    this.listenForFiles();
     this.buildEmpty();
+  }
+
+  /** Whether files may be attached now: a conversation is open and we are still in it. */
+  canAttach() {
+    const c = this.convId ? this.store.convs.get(this.convId) : null;
+    return Boolean(c && !c.left);
+  }
+
+  /**
+   * Files pasted anywhere in the pane (screenshots, copied files) and files dragged onto
+   * it become attachments. Capture phase: a synthetic or non-bubbling event on the text
+   * box is seen too.
+   */
+  listenForFiles() {
+    this.el.addEventListener(
+      'paste',
+      (e) => {
+        const files = e.clipboardData?.files;
+        if (!files || files.length === 0 || !this.canAttach()) return;
+        // Text and files together (some apps copy both): the files win, as the text is
+        // usually their name.
+        e.preventDefault();
+        this.tray.add(files);
+      },
+      { capture: true },
+    );
+    /** Nested elements fire enter/leave pairs: count them to know when the drag left. */
+    let depth = 0;
+    const hasFiles = (/** @type {DragEvent} */ e) => Boolean(e.dataTransfer && [...e.dataTransfer.types].includes('Files'));
+    const highlight = (/** @type {boolean} */ on) => {
+      this.el.classList.toggle('drop-active', on);
+      if (!on) depth = 0;
+    };
+    this.el.addEventListener('dragenter', (e) => {
+      if (!hasFiles(e) || !this.canAttach()) return;
+      e.preventDefault();
+      depth++;
+      highlight(true);
+    });
+    this.el.addEventListener('dragover', (e) => {
+      if (!hasFiles(e) || !this.canAttach()) return;
+      // Without this the browser refuses the drop (or opens the file).
+      e.preventDefault();
+      if (e.dataTransfer) e.dataTransfer.dropEffect = 'copy';
+      highlight(true);
+    });
+    this.el.addEventListener('dragleave', (e) => {
+      if (!hasFiles(e)) return;
+      depth = Math.max(0, depth - 1);
+      if (depth === 0) highlight(false);
+    });
+    this.el.addEventListener('drop', (e) => {
+      if (!hasFiles(e)) return;
+      e.preventDefault();
+      highlight(false);
+      if (this.canAttach() && e.dataTransfer) this.tray.add(e.dataTransfer.files);
+    });
+    // A file dropped elsewhere in the window must not replace the app with the file.
+    this.onWindowDrop = (/** @type {DragEvent} */ e) => {
+      if (hasFiles(e)) e.preventDefault();
+      if (e.type === 'drop') highlight(false);
+    };
+    window.addEventListener('dragover', this.onWindowDrop);
+    window.addEventListener('drop', this.onWindowDrop);
+  }
+
+  /** The send button waits for uploads; files alone are a message. */
+  drawSendState() {
+    const busy = this.tray.busy;
+    this.sendBtn.disabled = busy && this.editing == null;
+    this.sendBtn.title = busy ? 'Waiting for uploads to finish' : 'Send (Enter)';
+    this.composer.classList.toggle('uploading', busy);
   }
 
   dispose() {
     for (const d of this.disposers) d();
     document.removeEventListener('visibilitychange', this.onVisible);
     window.removeEventListener('focus', this.onVisible);
+    if (this.onWindowDrop) {
+      window.removeEventListener('dragover', this.onWindowDrop);
+      window.removeEventListener('drop', this.onWindowDrop);
+    }
     this.stopTyping();
+    this.tray.dispose();
   }
+
+  /** @type {((e: DragEvent) => void) | undefined} */
+  onWindowDrop = undefined;
 
   get draftKey() {
     return `parlor.draft.${this.store.me.id}.${this.convId}`;
@@ -200,6 +305,9 @@ export class ConversationView {
     this.editing = null;
     this.timeline.reset();
     this.pendingJump = null;
+    this.tray.show(convId);
+    this.drawSendState();
+    this.el.classList.remove('drop-active');
     if (!convId) {
       this.store.open(null);
       this.buildEmpty();
@@ -330,7 +438,7 @@ export class ConversationView {
     const store = this.store;
     const fresh = [...c.messages.values()].filter((m) => m.seq > this.announcedSeq && m.sender !== store.me.id);
     if (c.hi > this.announcedSeq) this.announcedSeq = c.hi;
-    if (fresh.length === 1) announce(`${store.userName(fresh[0].sender)}: ${fresh[0].text}`);
+    if (fresh.length === 1) announce(`${store.userName(fresh[0].sender)}: ${[fresh[0].text, attachmentSummary(fresh[0].attachments)].filter(Boolean).join(' ')}`);
     else if (fresh.length > 1) announce(`${fresh.length} new messages`);
   }
 
@@ -476,14 +584,26 @@ export class ConversationView {
     const id = this.convId;
     if (!id) return;
     const text = this.input.value;
-    if (!text.trim()) return;
     if (this.editing != null) {
+      if (!text.trim()) return;
       this.store.edit(id, this.editing, text.trim());
       this.cancelContext();
       return;
     }
+    if (this.tray.busy) {
+      announce('Wait for the uploads to finish, then send.');
+      return;
+    }
+    const hasFiles = this.tray.ready.length > 0;
+    if (!text.trim() && !hasFiles) return;
     this.stopTyping();
-    this.store.send(id, text, this.replyTo ?? undefined);
+    // At most ten files per message: more go in further messages, the text with the first.
+    let first = true;
+    do {
+      const attachments = this.tray.take();
+      this.store.send(id, first ? (text.trim() ? text : '') : '', first ? (this.replyTo ?? undefined) : undefined, attachments);
+      first = false;
+    } while (this.tray.ready.length > 0);
     this.input.value = '';
     save(this.draftKey, null);
     this.replyTo = null;
@@ -528,6 +648,7 @@ export class ConversationView {
   }
 
   drawContext() {
+    this.drawSendState();
     const c = this.convId ? this.store.convs.get(this.convId) : null;
     if (!c || (this.replyTo == null && this.editing == null)) {
       this.context.hidden = true;

@@ -1,7 +1,9 @@
 // Builds the message timeline: day separators, the "new messages" line, messages grouped
-// by sender, reply quotes, edited/deleted states, pending/failed/sent/delivered/read marks.
-// Nodes are cached by key and rebuilt only when what they show changed.
+// by sender, reply quotes, attachments, edited/deleted states, pending/failed/sent/
+// delivered/read marks. Nodes are cached by key and rebuilt only when what they show
+// changed (so images are not reloaded by a re-render).
 
+import { attachmentSummary, renderAttachments } from './attachments.js';
 import { h } from './dom.js';
 import { avatar, dayLabel, fullTime, richText, startOfDay, time } from './format.js';
 import { icon } from './icons.js';
@@ -31,10 +33,11 @@ const GROUP_GAP_MS = 5 * 60_000;
  */
 
 export class Timeline {
-  /** @param {Store} store @param {Actions} actions */
-  constructor(store, actions) {
+  /** @param {Store} store @param {Actions} actions @param {import('./attachments.js').Env} env */
+  constructor(store, actions, env) {
     this.store = store;
     this.actions = actions;
+    this.env = env;
     /** @type {Map<string, { sig: string, node: HTMLElement }>} */
     this.cache = new Map();
   }
@@ -153,7 +156,9 @@ export class Timeline {
     const editable = Boolean(mine && m && !m.deleted && store.features.edit !== false);
     const myRole = c.members?.find((x) => x.user.id === store.me.id)?.role;
     const deletable = Boolean(m && !m.deleted && store.features.edit !== false && (mine || (group && (myRole === 'owner' || myRole === 'admin'))));
+    const attachments = m?.deleted ? [] : (m?.attachments ?? p?.attachments ?? []);
     const sig = JSON.stringify([
+      attachments.map((a) => a.id),
       row.text, m?.edited_at, m?.deleted, status, p?.error, joinsPrev, joinsNext, senderName,
       quoted?.text, quoted?.deleted, quoted ? store.userName(quoted.sender) : '', replyTo, editable, deletable, mentionsMe, [...ctx.names].length,
     ]);
@@ -161,6 +166,8 @@ export class Timeline {
       const bubbleBody = m?.deleted
         ? [h('span', { class: 'deleted-text' }, icon('trash', 'icon icon-xs'), ' This message was deleted')]
         : richText(row.text, ctx);
+      const hasText = Boolean(m?.deleted || row.text);
+      const files = attachments.length ? renderAttachments(attachments, this.env) : null;
       const meta = h(
         'span',
         { class: 'meta' },
@@ -212,8 +219,10 @@ export class Timeline {
         p ? `is-${p.state}` : '',
         m?.deleted ? 'is-deleted' : '',
         mentionsMe ? 'mentions-me' : '',
+        files ? 'has-attachments' : '',
       ].filter(Boolean).join(' ');
-      const label = `${senderName}, ${time(row.ts)}: ${m?.deleted ? 'deleted message' : row.text}${status && status !== 'sent' ? `, ${status}` : ''}`;
+      const said = m?.deleted ? 'deleted message' : [row.text, attachmentSummary(attachments)].filter(Boolean).join(' ');
+      const label = `${senderName}, ${time(row.ts)}: ${said}${status && status !== 'sent' ? `, ${status}` : ''}`;
       return h(
         'div',
         {
@@ -229,7 +238,13 @@ export class Timeline {
           { class: 'msg-col' },
           !mine && group && !joinsPrev ? h('div', { class: 'sender' }, senderName) : null,
           quote,
-          h('div', { class: 'bubble' }, h('span', { class: 'text' }, bubbleBody), meta),
+          h(
+            'div',
+            { class: `bubble${files ? ' with-files' : ''}${hasText ? '' : ' files-only'}` },
+            files,
+            hasText ? h('span', { class: 'text' }, bubbleBody) : null,
+            meta,
+          ),
           failed,
         ),
         actions,

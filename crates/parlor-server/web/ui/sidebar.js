@@ -8,6 +8,7 @@ import { avatar, highlighted, listTime } from './format.js';
 import { icon } from './icons.js';
 import { go } from './route.js';
 import { newConversationDialog } from './dialogs.js';
+import { attachmentSummary } from './attachments.js';
 
 /** @typedef {import('../store.js').Conv} Conv */
 
@@ -257,10 +258,11 @@ export class Sidebar {
     } else if (pending.some((p) => p.state === 'failed')) {
       preview = [h('span', { class: 'failed-text' }, icon('alert', 'icon icon-xs'), ' Not sent')];
     } else if (pending.length) {
-      preview = [h('span', { class: 'muted' }, icon('clock', 'icon icon-xs'), ' ', pending[pending.length - 1].text)];
+      const p = pending[pending.length - 1];
+      preview = [h('span', { class: 'muted' }, icon('clock', 'icon icon-xs'), ' ', previewText(p.text, p.attachments))];
     } else if (last) {
       const who = last.sender === store.me.id ? 'You: ' : info.kind === 'group' ? `${store.userName(last.sender)}: ` : '';
-      preview = [who, last.deleted ? h('em', {}, 'Message deleted') : last.text];
+      preview = [who, last.deleted ? h('em', {}, 'Message deleted') : previewText(last.text, last.attachments)];
     } else {
       preview = [h('span', { class: 'muted' }, info.kind === 'group' ? `${info.member_count || ''} members`.trim() : 'Say hello 👋')];
     }
@@ -356,4 +358,15 @@ export class Sidebar {
       h('ul', { class: 'conv-list', role: 'list', 'aria-label': 'Search results' }, items),
     );
   }
+}
+
+/**
+ * A message in one line: its text, or what it carries when it is only files
+ * ("📎 cat.png"); a clip in front of text that comes with files.
+ * @param {string} text
+ * @param {import('../types.js').Attachment[] | undefined} attachments
+ */
+function previewText(text, attachments) {
+  if (!attachments?.length) return text;
+  return text.trim() ? `📎 ${text}` : attachmentSummary(attachments);
 }
