@@ -1273,3 +1273,43 @@ async fn attachments_go_out_over_websocket_too() {
     let error = error_for(&mut alice_ws, "ws-twice").await;
     assert_eq!(error.code, ErrorCode::BadRequest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_file_is_a_file_too() {
+    let s = setup(&[]);
+    let alice = user(&s.http, "alice").await;
+    let view = upload(&s.http, &alice, "empty.txt", "text/plain", b"").await;
+    let att = view.attachment.unwrap();
+    assert_eq!((att.size, att.sha256.as_str()), (0, sha_hex(b"").as_str()));
+    assert!(s
+        .http
+        .download_bytes(&alice.token, view.id)
+        .await
+        .unwrap()
+        .is_empty());
+    let resp = s
+        .http
+        .download(
+            &alice.token,
+            &format!("/v1/uploads/{}/content", view.id),
+            &[("Range", "bytes=0-")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 416);
+    // Through tus: created with length 0, it is complete at once.
+    let created = s
+        .http
+        .tus_create(&alice.token, "nothing.bin", "application/octet-stream", 0)
+        .await
+        .unwrap();
+    assert_eq!(created.state, UploadState::Ready);
+    // A PATCH at the final offset with bytes is refused; an empty one changes nothing.
+    expect_code(
+        s.http
+            .tus_patch(&alice.token, created.id, 0, b"x".to_vec())
+            .await,
+        409,
+        ErrorCode::Conflict,
+    );
+}

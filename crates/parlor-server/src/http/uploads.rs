@@ -161,9 +161,18 @@ async fn create_simple(
     request: Request,
 ) -> ApiResult<Response> {
     let headers = request.headers();
-    let length = header_u64(headers, "content-length").ok_or_else(|| {
-        bad("Content-Length is required (or use the resumable protocol, with Upload-Length)".into())
-    })??;
+    // A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112),
+    // which is an empty file; a chunked body of unknown length cannot be checked
+    // against the limit and quota up front.
+    let length =
+        match header_u64(headers, "content-length") {
+            Some(length) => length?,
+            None if headers.contains_key(header::TRANSFER_ENCODING) => return Err(bad(
+                "Content-Length is required (or use the resumable protocol, with Upload-Length)"
+                    .into(),
+            )),
+            None => 0,
+        };
     let declared = content_type(headers);
     let name = query.name.as_deref().unwrap_or("file");
     let upload = state

@@ -17,7 +17,7 @@ pub mod gc;
 use crate::config::UploadsConfig;
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use parlor_core::error::{Error, Result};
 use parlor_core::model::UserId;
 use parlor_core::ports::{BlobStore, ByteStream, UploadStore};
@@ -167,6 +167,21 @@ impl Uploads {
             ));
         }
         let room = upload.length - upload.offset;
+        if room == 0 {
+            // Every byte is here already (an empty file, or a retry after a completion
+            // that failed for want of storage): nothing to store, only to complete.
+            let mut body = body;
+            while let Some(chunk) = body.try_next().await.ok().flatten() {
+                if !chunk.is_empty() {
+                    return Err(Error::new(
+                        ErrorCode::PayloadTooLarge,
+                        too_long().to_string(),
+                    ));
+                }
+            }
+            let upload = self.complete(upload).await?;
+            return Ok(Received { upload, cut: None });
+        }
         let written = self
             .blobs
             .put(&rules::part_key(id, offset), bounded(body, room))
