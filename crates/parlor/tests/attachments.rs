@@ -1313,3 +1313,33 @@ async fn an_empty_file_is_a_file_too() {
         ErrorCode::Conflict,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_downloads_work_over_https() {
+    let opts = parlor_testkit::ServerOptions::default().with_tls();
+    let server = tokio::task::block_in_place(|| TestServer::start(bin(), opts)).unwrap();
+    assert!(server.base_url().starts_with("https://"));
+    let http = server.http();
+    let alice = user(&http, "alice").await;
+    let bytes = noise(3 * 1024 * 1024, 9);
+    let created = http
+        .tus_create(
+            &alice.token,
+            "secure.bin",
+            "application/octet-stream",
+            bytes.len() as u64,
+        )
+        .await
+        .unwrap();
+    let half = bytes.len() / 2;
+    let offset = http
+        .tus_patch(&alice.token, created.id, 0, bytes[..half].to_vec())
+        .await
+        .unwrap();
+    http.tus_patch(&alice.token, created.id, offset, bytes[half..].to_vec())
+        .await
+        .unwrap();
+    assert!(http.download_bytes(&alice.token, created.id).await.unwrap() == bytes);
+    let image = upload(&http, &alice, "p.png", "image/png", &png(300, 300, false)).await;
+    assert_eq!(image.attachment.unwrap().thumbnails.len(), 2);
+}
