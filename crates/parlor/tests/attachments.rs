@@ -1343,3 +1343,73 @@ async fn uploads_and_downloads_work_over_https() {
     let image = upload(&http, &alice, "p.png", "image/png", &png(300, 300, false)).await;
     assert_eq!(image.attachment.unwrap().thumbnails.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_request_for_an_upload_in_progress_is_refused() {
+    let s = setup(&[]);
+    if s.server.base_url().starts_with("https") {
+        return;
+    }
+    let alice = user(&s.http, "alice").await;
+    let file = noise(2 * 1024 * 1024, 21);
+    let created = s
+        .http
+        .tus_create(
+            &alice.token,
+            "slow.bin",
+            "application/octet-stream",
+            file.len() as u64,
+        )
+        .await
+        .unwrap();
+    // A slow client: headers and half the body, then a pause.
+    let addr = s.server.base_url().trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PATCH /v1/uploads/{} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nConnection: close\r\n\
+         Content-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        created.id,
+        alice.token,
+        file.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&file[..file.len() / 2]).await.unwrap();
+    tcp.flush().await.unwrap();
+    // The same client retries meanwhile (on this node): refused, nothing overwritten.
+    // The probe has an empty body, so that one arriving before the first request is
+    // under way changes nothing; the first was sent before it and is normally ahead.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let retry = poll("the first request to be under way", || async {
+        match s
+            .http
+            .tus_patch(&alice.token, created.id, 0, Vec::new())
+            .await
+        {
+            Err(e @ ClientError::Api { status: 409, .. }) => Some(e),
+            _ => None,
+        }
+    })
+    .await;
+    let message = match retry {
+        ClientError::Api { body, .. } => body.message,
+        _ => String::new(),
+    };
+    assert!(message.contains("still running"), "{message}");
+    // The first request finishes normally.
+    tcp.write_all(&file[file.len() / 2..]).await.unwrap();
+    tcp.flush().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert!(
+        s.http
+            .download_bytes(&alice.token, created.id)
+            .await
+            .unwrap()
+            == file
+    );
+}

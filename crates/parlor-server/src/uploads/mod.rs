@@ -24,6 +24,7 @@ use parlor_core::ports::{BlobStore, ByteStream, UploadStore};
 use parlor_core::uploads::{self as rules, BlobRecord, NewUpload, UploadRecord};
 use parlor_proto::rest::ThumbnailSize;
 use parlor_proto::{ErrorCode, Id};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -37,6 +38,10 @@ pub struct Uploads {
     scratch: PathBuf,
     /// Bounds concurrent decodes: each may take up to the decode limit of memory.
     processing: Semaphore,
+    /// Uploads with a request body being stored on this node. A second request for one
+    /// of them (a client retrying while its first attempt still streams) is refused
+    /// rather than let both write the same part object.
+    receiving: parking_lot::Mutex<HashSet<Id>>,
     metrics: Arc<Metrics>,
 }
 
@@ -73,6 +78,7 @@ impl Uploads {
             ffmpeg,
             scratch,
             processing,
+            receiving: parking_lot::Mutex::new(HashSet::new()),
             metrics,
         }
     }
@@ -143,13 +149,25 @@ impl Uploads {
         offset: u64,
         body: ByteStream,
     ) -> Result<Received> {
-        let this = Arc::clone(self);
-        tokio::spawn(async move { this.receive_inner(owner, id, offset, body).await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "upload task failed");
-                Error::internal()
-            })?
+        if !self.receiving.lock().insert(id) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "another request for this upload is still running; retry once it has ended",
+            ));
+        }
+        let busy = Busy {
+            uploads: Arc::clone(self),
+            id,
+        };
+        tokio::spawn(async move {
+            let busy = busy;
+            busy.uploads.receive_inner(owner, id, offset, body).await
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "upload task failed");
+            Error::internal()
+        })?
     }
 
     async fn receive_inner(
@@ -249,6 +267,18 @@ impl Uploads {
                 tracing::warn!(key = %key, error = %e, "cannot delete object");
             }
         }
+    }
+}
+
+/// Marks an upload as receiving on this node until dropped (also if the task panics).
+struct Busy {
+    uploads: Arc<Uploads>,
+    id: Id,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.uploads.receiving.lock().remove(&self.id);
     }
 }
 
