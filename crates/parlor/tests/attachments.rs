@@ -284,19 +284,32 @@ async fn small_and_large_files_round_trip_byte_exact() {
     );
 }
 
-/// Sends a PATCH announcing `announced` bytes but writes only `bytes`, then closes the
-/// socket: a client whose connection broke mid-upload.
-async fn cut_patch(base: &str, token: &str, id: Id, offset: u64, announced: u64, bytes: &[u8]) {
+/// Opens a raw PATCH of upload `id` from `offset` announcing `announced` bytes and writes
+/// `bytes` of the body: the rest is up to the caller (finish it, or cut it).
+async fn raw_patch(
+    base: &str,
+    token: &str,
+    id: Id,
+    offset: u64,
+    announced: u64,
+    bytes: &[u8],
+) -> tokio::net::TcpStream {
     let addr = base.trim_start_matches("http://");
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "PATCH /v1/uploads/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Tus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\n\
+         Tus-Resumable: 1.0.0\r\nUpload-Offset: {offset}\r\nConnection: close\r\n\
          Content-Type: application/offset+octet-stream\r\nContent-Length: {announced}\r\n\r\n"
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
     tcp.write_all(bytes).await.unwrap();
     tcp.flush().await.unwrap();
+    tcp
+}
+
+/// A PATCH whose connection breaks after `bytes`: a client cut off mid-upload.
+async fn cut_patch(base: &str, token: &str, id: Id, offset: u64, announced: u64, bytes: &[u8]) {
+    let tcp = raw_patch(base, token, id, offset, announced, bytes).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(tcp);
 }
@@ -1363,19 +1376,15 @@ async fn a_second_request_for_an_upload_in_progress_is_refused() {
         .await
         .unwrap();
     // A slow client: headers and half the body, then a pause.
-    let addr = s.server.base_url().trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "PATCH /v1/uploads/{} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-         Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nConnection: close\r\n\
-         Content-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+    let mut tcp = raw_patch(
+        s.server.base_url(),
+        &alice.token,
         created.id,
-        alice.token,
-        file.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&file[..file.len() / 2]).await.unwrap();
-    tcp.flush().await.unwrap();
+        0,
+        file.len() as u64,
+        &file[..file.len() / 2],
+    )
+    .await;
     // The same client retries meanwhile (on this node): refused, nothing overwritten.
     // The probe has an empty body, so that one arriving before the first request is
     // under way changes nothing; the first was sent before it and is normally ahead.
