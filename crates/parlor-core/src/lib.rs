@@ -10,6 +10,8 @@
 //! - [`search`]: how text is tokenized for search (CJK bigrams) and highlighted.
 //! - [`backlog`]: the merge that puts a user's sync events in position order.
 //! - [`uploads`]: uploads, blobs and the rules for hostile files (names, types).
+//! - [`notify`]: who is notified of a message (push and feed rules) and the values
+//!   the notification ports carry.
 //! - [`chat`]: the chat service, the one entry point the server calls.
 //! - [`error`]: the domain error, carrying a stable wire code.
 //!
@@ -20,6 +22,7 @@ pub mod backlog;
 pub mod chat;
 pub mod error;
 pub mod model;
+pub mod notify;
 pub mod ports;
 pub mod presence;
 pub mod rules;

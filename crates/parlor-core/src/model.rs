@@ -33,7 +33,11 @@ impl Event {
             ServerFrame::Delivered(d) => Some(d.conv),
             ServerFrame::Typing(t) => Some(t.conv),
             ServerFrame::Ack(a) => Some(a.conv),
-            ServerFrame::Presence(_) | ServerFrame::Synced { .. } | ServerFrame::Error(_) => None,
+            ServerFrame::Notification(n) => Some(n.conv),
+            ServerFrame::Presence(_)
+            | ServerFrame::NotificationsRead(_)
+            | ServerFrame::Synced { .. }
+            | ServerFrame::Error(_) => None,
         }
     }
 

@@ -3,10 +3,15 @@
 
 use crate::error::Result;
 use crate::model::*;
+use crate::notify::{
+    Decisions, Mute, NewFeedItem, PushDone, PushJob, PushMessage, PushOutcome, PushTarget,
+    TargetAddress,
+};
 use crate::uploads::{Garbage, NewBlob, NewUpload, UploadRecord};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+use parlor_proto::notify::{NotificationView, PushKind};
 use parlor_proto::rest::{
     Availability, ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView,
     PresenceView, Receipts, SearchResults, UserView,
@@ -301,4 +306,107 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Succeeds when the storage answers.
     async fn ping(&self) -> Result<()>;
+}
+
+/// Notification state: push targets, mute and do-not-disturb settings, the in-app feed,
+/// and the queue of pushes to send. Implemented by each store on its own database, so
+/// that recording a message's decisions is one transaction.
+///
+/// Guarantees every implementation gives:
+/// - `record` is idempotent per message: a feed item is unique per (user, message) and a
+///   queued push per (message, target), so a redelivered event adds nothing.
+/// - A push marked sent is never handed out by `claim_pushes` again; a claimed push whose
+///   lease ran out (its node died mid-send) is handed out again, with the same id.
+/// - `claim_pushes` hands out only the newest due push of each (target, conversation)
+///   and retires the older ones: pushes of one conversation collapse in the queue as they
+///   do on the device.
+/// - Removing a target removes its queued pushes.
+#[async_trait]
+pub trait NotificationStore: Send + Sync + 'static {
+    /// Registers a target for `user`. Registering an address already registered (by
+    /// anyone: a device that changed hands) moves it to `user` with the new keys and keeps
+    /// its id. `Conflict` past [`crate::notify::MAX_TARGETS_PER_USER`].
+    async fn register_target(&self, user: UserId, address: TargetAddress) -> Result<PushTarget>;
+    async fn targets(&self, user: UserId) -> Result<Vec<PushTarget>>;
+    /// `NotFound` unless the target is the user's.
+    async fn remove_target(&self, user: UserId, id: Id) -> Result<()>;
+    /// The provider said the target is gone: remove it whoever owns it.
+    async fn prune_target(&self, id: Id) -> Result<()>;
+
+    /// `NotMember` unless the user is a member of `conv`. `None` unmutes.
+    async fn set_mute(&self, user: UserId, conv: ConvId, mute: Option<Mute>) -> Result<()>;
+    async fn mute(&self, user: UserId, conv: ConvId) -> Result<Option<Mute>>;
+    /// `Some(until)` turns do-not-disturb on (`until: None`: until turned off).
+    async fn set_dnd(&self, user: UserId, dnd: Option<Option<i64>>) -> Result<()>;
+    async fn dnd(&self, user: UserId) -> Result<Option<Option<i64>>>;
+    /// For each of `users`: their mute of `conv` and their stored do-not-disturb, in
+    /// the order given. One round trip for a whole group.
+    async fn settings(
+        &self,
+        conv: ConvId,
+        users: &[UserId],
+    ) -> Result<Vec<(Option<Mute>, Option<Option<i64>>)>>;
+
+    /// Records one message's feed items and pushes (one queued push per target each
+    /// user has now). Returns the feed items that were new.
+    async fn record(&self, decisions: Decisions, now_ms: i64) -> Result<Vec<NewFeedItem>>;
+    /// Newest first, older than `before` when given.
+    async fn feed(
+        &self,
+        user: UserId,
+        before: Option<Id>,
+        limit: u32,
+    ) -> Result<Vec<NotificationView>>;
+    async fn unread_notifications(&self, user: UserId) -> Result<u64>;
+    /// Marks `ids` (the user's only) and, with `up_to`, every notification up to it as
+    /// read. Returns the ids that changed.
+    async fn mark_notifications_read(
+        &self,
+        user: UserId,
+        ids: &[Id],
+        up_to: Option<Id>,
+    ) -> Result<Vec<Id>>;
+    /// Unread messages over the user's conversations, from their read markers (the badge).
+    async fn unread_messages(&self, user: UserId) -> Result<u64>;
+
+    /// Claims up to `limit` due pushes for `lease_ms` (see the collapse guarantee above).
+    async fn claim_pushes(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushJob>>;
+    async fn finish_push(&self, id: Id, done: PushDone) -> Result<()>;
+    /// Earliest time a queued push becomes due (for the sender's sleep), if any is queued.
+    async fn next_push_due(&self) -> Result<Option<i64>>;
+}
+
+/// One push provider (Web Push, FCM, APNs, webhook): turns a [`PushMessage`] into the
+/// provider's request. Never returns an error: every failure is a [`PushOutcome`].
+#[async_trait]
+pub trait PushProvider: Send + Sync + 'static {
+    fn kind(&self) -> PushKind;
+    async fn send(&self, target: &TargetAddress, message: &PushMessage) -> PushOutcome;
+}
+
+/// A batch of committed events from a durable queue, to acknowledge once handled.
+pub struct WorkItem {
+    pub events: Vec<Event>,
+    pub ack: Box<dyn WorkAck>,
+}
+
+#[async_trait]
+pub trait WorkAck: Send {
+    /// Handled: never delivered again.
+    async fn ack(self: Box<Self>) -> Result<()>;
+    /// Failed transiently: deliver it again after `delay`.
+    async fn retry_after(self: Box<Self>, delay: Duration) -> Result<()>;
+}
+
+/// Committed events for background work that must survive restarts (notifications).
+///
+/// Guarantee: every event committed after the queue was first bound is delivered at
+/// least once, in position order within a conversation, and again after a restart
+/// until acknowledged. Handlers must be idempotent. In cluster mode the nodes bound to
+/// one queue share its work (a JetStream durable consumer); the embedded queue keeps its
+/// cursor in the store.
+#[async_trait]
+pub trait WorkQueue: Send + 'static {
+    /// The next batch; `None` when the queue is closed for good.
+    async fn next(&mut self) -> Option<Result<WorkItem>>;
 }

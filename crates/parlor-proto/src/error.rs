@@ -57,6 +57,10 @@ pub enum ErrorCode {
     InvalidMedia,
     /// A `Range` header outside the file.
     RangeNotSatisfiable,
+    /// A push target whose endpoint, keys, token or URL is malformed or not allowed.
+    InvalidTarget,
+    /// The push provider of this target is not configured on this server.
+    ProviderNotConfigured,
     /// Too many requests; retry after `retry_after_ms`.
     RateLimited,
     /// The server cannot take the request right now (store unavailable, shutting down). Retryable.
@@ -93,6 +97,8 @@ impl ErrorCode {
             ErrorCode::TypeMismatch => "type_mismatch",
             ErrorCode::InvalidMedia => "invalid_media",
             ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
+            ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::ProviderNotConfigured => "provider_not_configured",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -109,7 +115,8 @@ impl ErrorCode {
             | ErrorCode::WeakPassword
             | ErrorCode::EmptyMessage
             | ErrorCode::InvalidClientId
-            | ErrorCode::InvalidPagination => 400,
+            | ErrorCode::InvalidPagination
+            | ErrorCode::InvalidTarget => 400,
             ErrorCode::InvalidCredentials
             | ErrorCode::Unauthorized
             | ErrorCode::TokenExpired
@@ -122,7 +129,7 @@ impl ErrorCode {
             }
             ErrorCode::UnsupportedType | ErrorCode::TypeMismatch => 415,
             ErrorCode::RangeNotSatisfiable => 416,
-            ErrorCode::InvalidMedia => 422,
+            ErrorCode::InvalidMedia | ErrorCode::ProviderNotConfigured => 422,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,

@@ -4,6 +4,7 @@
 //! - [`error`]: the stable machine-readable error codes and the error body.
 //! - [`ws`]: WebSocket frames, JSON in text frames, tagged by `"type"`.
 //! - [`rest`]: REST request and response bodies.
+//! - [`notify`]: push targets, the in-app notification feed, mute and do-not-disturb.
 //! - [`ids`]: 64-bit ids travel as decimal strings, because JavaScript numbers lose
 //!   precision above 2^53.
 //!
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod error;
 pub mod ids;
+pub mod notify;
 pub mod rest;
 pub mod ws;
 

@@ -87,6 +87,11 @@ pub enum ServerFrame {
     Typing(TypingEvent),
     /// Someone one shares a conversation with came online, went offline or changed status.
     Presence(crate::rest::PresenceView),
+    /// A new in-app notification (a mention of the user or a reply to them), live to
+    /// every connected device of the user. Missed ones are in `GET /v1/notifications`.
+    Notification(crate::notify::NotificationView),
+    /// Notifications were marked read (on any device of the user).
+    NotificationsRead(crate::notify::NotificationsRead),
     /// Everything missed since `hello.since` has been sent; live events follow.
     /// `pos` is the position to present next time if no newer event arrives.
     Synced { pos: Id },

@@ -17,6 +17,7 @@
 //! blocks the calling thread briefly; the client calls are async.
 
 pub mod engines;
+pub mod push;
 pub mod s3;
 mod server;
 
