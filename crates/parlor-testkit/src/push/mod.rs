@@ -3,6 +3,11 @@
 //! HTTP/1.1 and HTTP/2 (ALPN), with a throwaway certificate for `localhost` and
 //! `127.0.0.1`; point the client at [`FakeProvider::ca_file`].
 
+pub mod apns;
+pub mod fcm;
+pub mod webhook;
+pub mod webpush;
+
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
