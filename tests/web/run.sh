@@ -42,6 +42,9 @@ fi
 
 echo "== tsc --checkJs (web client)"
 npx --no-install tsc -p jsconfig.json
+# The service worker runs in a worker global scope: checked against the WebWorker
+# library instead of the DOM one (the two cannot be loaded together).
+npx --no-install tsc -p jsconfig.worker.json
 
 target="${CARGO_TARGET_DIR:-$root/target}"
 bin="${PARLOR_BIN:-$target/debug/parlor}"

@@ -7,6 +7,10 @@
 
 use crate::error::{chain, truncate, ClientError, Result};
 use crate::tls;
+use parlor_proto::notify::{
+    ConversationNotifications, MarkNotificationsRead, NewPushTarget, NotificationPage,
+    NotificationPreferences, NotificationsRead, PushTargetList, PushTargetView, VapidKey,
+};
 use parlor_proto::rest::{
     AddMemberRequest, Availability, ConversationDetail, ConversationInfo, ConversationList,
     CreateGroupRequest, DirectRequest, EditRequest, History, LoginRequest, MessageView,
@@ -458,6 +462,122 @@ impl Http {
             None::<&()>,
         )
         .await
+    }
+
+    /// GET /v1/push/vapid: the Web Push application server key.
+    pub async fn vapid_key(&self, token: &str) -> Result<VapidKey> {
+        self.json(Method::GET, "/v1/push/vapid", Some(token), None::<&()>)
+            .await
+    }
+
+    /// POST /v1/push/targets (201).
+    pub async fn register_push_target(
+        &self,
+        token: &str,
+        target: &NewPushTarget,
+    ) -> Result<PushTargetView> {
+        self.json(Method::POST, "/v1/push/targets", Some(token), Some(target))
+            .await
+    }
+
+    /// GET /v1/push/targets.
+    pub async fn push_targets(&self, token: &str) -> Result<PushTargetList> {
+        self.json(Method::GET, "/v1/push/targets", Some(token), None::<&()>)
+            .await
+    }
+
+    /// DELETE /v1/push/targets/{id} (204).
+    pub async fn remove_push_target(&self, token: &str, id: Id) -> Result<()> {
+        let path = format!("/v1/push/targets/{id}");
+        self.empty(Method::DELETE, &path, Some(token), None::<&()>)
+            .await
+    }
+
+    /// GET /v1/notifications, newest first.
+    pub async fn notifications(
+        &self,
+        token: &str,
+        before: Option<Id>,
+        limit: Option<u32>,
+    ) -> Result<NotificationPage> {
+        let mut query = Vec::new();
+        if let Some(b) = before {
+            query.push(format!("before={b}"));
+        }
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        let path = if query.is_empty() {
+            "/v1/notifications".to_owned()
+        } else {
+            format!("/v1/notifications?{}", query.join("&"))
+        };
+        self.json(Method::GET, &path, Some(token), None::<&()>)
+            .await
+    }
+
+    /// POST /v1/notifications/read.
+    pub async fn mark_notifications_read(
+        &self,
+        token: &str,
+        body: &MarkNotificationsRead,
+    ) -> Result<NotificationsRead> {
+        self.json(
+            Method::POST,
+            "/v1/notifications/read",
+            Some(token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// PUT /v1/notifications/preferences (do-not-disturb).
+    pub async fn set_notification_preferences(
+        &self,
+        token: &str,
+        prefs: &NotificationPreferences,
+    ) -> Result<NotificationPreferences> {
+        self.json(
+            Method::PUT,
+            "/v1/notifications/preferences",
+            Some(token),
+            Some(prefs),
+        )
+        .await
+    }
+
+    /// GET /v1/notifications/preferences.
+    pub async fn notification_preferences(&self, token: &str) -> Result<NotificationPreferences> {
+        self.json(
+            Method::GET,
+            "/v1/notifications/preferences",
+            Some(token),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// PUT /v1/conversations/{id}/notifications (mute).
+    pub async fn set_conversation_notifications(
+        &self,
+        token: &str,
+        conv: Id,
+        settings: &ConversationNotifications,
+    ) -> Result<ConversationNotifications> {
+        let path = format!("/v1/conversations/{conv}/notifications");
+        self.json(Method::PUT, &path, Some(token), Some(settings))
+            .await
+    }
+
+    /// GET /v1/conversations/{id}/notifications.
+    pub async fn conversation_notifications(
+        &self,
+        token: &str,
+        conv: Id,
+    ) -> Result<ConversationNotifications> {
+        let path = format!("/v1/conversations/{conv}/notifications");
+        self.json(Method::GET, &path, Some(token), None::<&()>)
+            .await
     }
 
     /// GET /v1/uploads: storage use.

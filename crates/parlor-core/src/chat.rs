@@ -183,6 +183,11 @@ impl Chat {
         Ok(())
     }
 
+    /// Sends a live-only frame to every connected device of `user`.
+    pub fn publish_to_user(&self, user: UserId, frame: ServerFrame) {
+        self.publish_ephemeral(Arc::from(vec![user]), frame);
+    }
+
     fn publish_ephemeral(&self, recipients: Arc<[UserId]>, frame: ServerFrame) {
         self.bus.publish(Arc::from(vec![Event {
             pos: 0,

@@ -12,6 +12,7 @@
 //! - [`uploads`]: uploads, blobs and the rules for hostile files (names, types).
 //! - [`notify`]: who is notified of a message (push and feed rules) and the values
 //!   the notification ports carry.
+//! - [`notifier`]: the service that turns committed messages into feed items and pushes.
 //! - [`chat`]: the chat service, the one entry point the server calls.
 //! - [`error`]: the domain error, carrying a stable wire code.
 //!
@@ -22,6 +23,7 @@ pub mod backlog;
 pub mod chat;
 pub mod error;
 pub mod model;
+pub mod notifier;
 pub mod notify;
 pub mod ports;
 pub mod presence;

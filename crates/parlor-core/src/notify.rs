@@ -45,6 +45,10 @@ pub fn dnd_active(dnd: Option<Option<i64>>, now_ms: i64) -> bool {
     matches!(dnd, Some(until) if until.is_none_or(|t| t > now_ms))
 }
 
+/// One recipient's stored settings for one conversation: their mute of it, and their
+/// do-not-disturb (`Some(until)`, see [`dnd_active`]).
+pub type RecipientSettings = (Option<Mute>, Option<Option<i64>>);
+
 /// What the notifier knows about one recipient when it decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecipientFacts {

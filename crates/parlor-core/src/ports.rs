@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::model::*;
 use crate::notify::{
     Decisions, Mute, NewFeedItem, PushDone, PushJob, PushMessage, PushOutcome, PushTarget,
-    TargetAddress,
+    RecipientSettings, TargetAddress,
 };
 use crate::uploads::{Garbage, NewBlob, NewUpload, UploadRecord};
 use async_trait::async_trait;
@@ -341,11 +341,7 @@ pub trait NotificationStore: Send + Sync + 'static {
     async fn dnd(&self, user: UserId) -> Result<Option<Option<i64>>>;
     /// For each of `users`: their mute of `conv` and their stored do-not-disturb, in
     /// the order given. One round trip for a whole group.
-    async fn settings(
-        &self,
-        conv: ConvId,
-        users: &[UserId],
-    ) -> Result<Vec<(Option<Mute>, Option<Option<i64>>)>>;
+    async fn settings(&self, conv: ConvId, users: &[UserId]) -> Result<Vec<RecipientSettings>>;
 
     /// Records one message's feed items and pushes (one queued push per target each
     /// user has now). Returns the feed items that were new.

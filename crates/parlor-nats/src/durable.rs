@@ -99,3 +99,37 @@ impl WorkQueue {
         )
     }
 }
+
+#[async_trait::async_trait]
+impl parlor_core::ports::WorkQueue for WorkQueue {
+    async fn next(&mut self) -> Option<parlor_core::Result<parlor_core::ports::WorkItem>> {
+        let work = WorkQueue::next(self).await?;
+        Some(match work {
+            Ok(work) => Ok(parlor_core::ports::WorkItem {
+                events: work.events.clone(),
+                ack: Box::new(work),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "work queue");
+                Err(parlor_core::Error::unavailable())
+            }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl parlor_core::ports::WorkAck for Work {
+    async fn ack(self: Box<Self>) -> parlor_core::Result<()> {
+        Work::ack(*self).await.map_err(|e| {
+            tracing::warn!(error = %e, "work queue ack");
+            parlor_core::Error::unavailable()
+        })
+    }
+
+    async fn retry_after(self: Box<Self>, delay: Duration) -> parlor_core::Result<()> {
+        Work::retry_after(*self, delay).await.map_err(|e| {
+            tracing::warn!(error = %e, "work queue nak");
+            parlor_core::Error::unavailable()
+        })
+    }
+}

@@ -1,4 +1,5 @@
-//! PostgreSQL adapter of Parlor's [`Store`], [`UploadStore`] and [`EventLog`] ports, for cluster mode:
+//! PostgreSQL adapter of Parlor's [`Store`], [`UploadStore`], [`NotificationStore`] and
+//! [`EventLog`] ports, for cluster mode:
 //! several nodes share one PostgreSQL primary (optionally read replicas) and must
 //! behave, through the ports, exactly like the embedded SQLite store.
 //!
@@ -56,7 +57,8 @@
 //! - `writer`: group commit of appends; `accounts`, `conversations`, `messages`: the
 //!   other commands and reads; `backlog`: sync; `search`: full-text search;
 //!   `event_log`: the outbox; `uploads`: upload and blob metadata (attaching is the
-//!   writer's, in the append transaction).
+//!   writer's, in the append transaction); `notifications`: push targets, mutes,
+//!   do-not-disturb, the feed and the push queue.
 
 mod accounts;
 mod backlog;
@@ -67,6 +69,7 @@ mod error;
 mod event_log;
 mod lease;
 mod messages;
+mod notifications;
 mod schema;
 mod search;
 mod tls;
@@ -79,8 +82,14 @@ use error::DbResult;
 use futures_util::stream::StreamExt;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
-use parlor_core::ports::{Backlog, BoxFuture, Bus, EventLog, Store, UploadStore};
+use parlor_core::notify::{
+    Decisions, Mute, NewFeedItem, PushDone, PushJob, PushTarget, TargetAddress,
+};
+use parlor_core::ports::{
+    Backlog, BoxFuture, Bus, EventLog, NotificationStore, Store, UploadStore,
+};
 use parlor_core::uploads::{BlobRecord, Garbage, NewBlob, NewUpload, UploadRecord};
+use parlor_proto::notify::NotificationView;
 use parlor_proto::rest::{
     ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, Receipts,
     SearchResults, UserView,
@@ -544,6 +553,91 @@ impl UploadStore for PgStore {
 
     async fn collect_garbage(&self, unattached_before_ms: i64) -> Result<Garbage> {
         uploads::collect_garbage(&self.core, unattached_before_ms).await
+    }
+}
+
+#[async_trait]
+impl NotificationStore for PgStore {
+    async fn register_target(&self, user: UserId, address: TargetAddress) -> Result<PushTarget> {
+        notifications::register_target(&self.core, user, address).await
+    }
+
+    async fn targets(&self, user: UserId) -> Result<Vec<PushTarget>> {
+        notifications::targets(&self.core, user).await
+    }
+
+    async fn remove_target(&self, user: UserId, id: Id) -> Result<()> {
+        notifications::remove_target(&self.core, user, id).await
+    }
+
+    async fn prune_target(&self, id: Id) -> Result<()> {
+        notifications::prune_target(&self.core, id).await
+    }
+
+    async fn set_mute(&self, user: UserId, conv: ConvId, mute: Option<Mute>) -> Result<()> {
+        notifications::set_mute(&self.core, user, conv, mute).await
+    }
+
+    async fn mute(&self, user: UserId, conv: ConvId) -> Result<Option<Mute>> {
+        notifications::mute(&self.core, user, conv).await
+    }
+
+    async fn set_dnd(&self, user: UserId, dnd: Option<Option<i64>>) -> Result<()> {
+        notifications::set_dnd(&self.core, user, dnd).await
+    }
+
+    async fn dnd(&self, user: UserId) -> Result<Option<Option<i64>>> {
+        notifications::dnd(&self.core, user).await
+    }
+
+    async fn settings(
+        &self,
+        conv: ConvId,
+        users: &[UserId],
+    ) -> Result<Vec<parlor_core::notify::RecipientSettings>> {
+        notifications::settings(&self.core, conv, users).await
+    }
+
+    async fn record(&self, decisions: Decisions, now_ms: i64) -> Result<Vec<NewFeedItem>> {
+        notifications::record(&self.core, decisions, now_ms).await
+    }
+
+    async fn feed(
+        &self,
+        user: UserId,
+        before: Option<Id>,
+        limit: u32,
+    ) -> Result<Vec<NotificationView>> {
+        notifications::feed(&self.core, user, before, limit).await
+    }
+
+    async fn unread_notifications(&self, user: UserId) -> Result<u64> {
+        notifications::unread_notifications(&self.core, user).await
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        user: UserId,
+        ids: &[Id],
+        up_to: Option<Id>,
+    ) -> Result<Vec<Id>> {
+        notifications::mark_notifications_read(&self.core, user, ids, up_to).await
+    }
+
+    async fn unread_messages(&self, user: UserId) -> Result<u64> {
+        notifications::unread_messages(&self.core, user).await
+    }
+
+    async fn claim_pushes(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushJob>> {
+        notifications::claim_pushes(&self.core, now_ms, lease_ms, limit).await
+    }
+
+    async fn finish_push(&self, id: Id, done: PushDone) -> Result<()> {
+        notifications::finish_push(&self.core, id, done).await
+    }
+
+    async fn next_push_due(&self) -> Result<Option<i64>> {
+        notifications::next_push_due(&self.core).await
     }
 }
 

@@ -18,6 +18,8 @@
 //!   `uploads` are users' files and point at their blob once complete,
 //!   `attachment_refs` say which messages carry which upload, and `messages.attachments`
 //!   keeps the attachment views a message was sent with (see `uploads.rs`).
+//! - Notifications (migration 3): push targets, mutes, do-not-disturb, the feed and the
+//!   push queue (see `notifications.rs`).
 
 use anyhow::Context;
 use deadpool_postgres::Object;
@@ -30,11 +32,86 @@ fn migration(version: usize, partitions: u32) -> Option<String> {
     match version {
         1 => Some(initial(partitions)),
         2 => Some(UPLOADS.to_owned()),
+        3 => Some(NOTIFICATIONS.to_owned()),
         _ => None,
     }
 }
 
-const LATEST: usize = 2;
+const LATEST: usize = 3;
+
+/// Migration 3: notifications.
+///
+/// Push targets and queued pushes get identity ids rather than Snowflakes: they never
+/// leave the cluster's database except as provider idempotency keys, which only need
+/// to be unique. A target's address is unique across users, so that registering a
+/// device again (or on another account) moves it instead of doubling its pushes.
+///
+/// The queue's `(target_id, message_id)` key makes `record` idempotent; it leads with
+/// the target so that it also serves the cascade when a target is deleted. A pending
+/// push is ready at `GREATEST(due_at, lease_until)` (`GREATEST` skips the NULL lease),
+/// which the claim and the sender's next wake-up both read through one index. Finished
+/// rows stay a day so that a redelivered event still finds them, and are deleted in
+/// batches through `push_queue_finished`.
+const NOTIFICATIONS: &str = r#"
+    CREATE TABLE push_targets (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        user_id bigint NOT NULL,
+        kind text NOT NULL,                -- PushKind::as_str
+        address text NOT NULL UNIQUE,      -- endpoint, token or URL at the provider
+        target text NOT NULL,              -- JSON of the whole TargetAddress (keys, secret)
+        created_at bigint NOT NULL
+    );
+    CREATE INDEX push_targets_by_user ON push_targets (user_id, id);
+
+    CREATE TABLE notification_mutes (
+        user_id bigint NOT NULL,
+        conv_id bigint NOT NULL,
+        until bigint,                      -- NULL: until unmuted
+        mentions boolean NOT NULL,         -- mentions are muted too
+        PRIMARY KEY (user_id, conv_id)
+    );
+
+    CREATE TABLE notification_dnd (
+        user_id bigint PRIMARY KEY,        -- no row: do-not-disturb off
+        until bigint                       -- NULL: until turned off
+    );
+
+    CREATE TABLE notifications (
+        user_id bigint NOT NULL,
+        id bigint NOT NULL,
+        kind text NOT NULL CHECK (kind IN ('mention', 'reply')),
+        conv_id bigint NOT NULL,
+        seq bigint NOT NULL,
+        message_id bigint NOT NULL,
+        sender bigint NOT NULL,
+        preview text NOT NULL,
+        ts bigint NOT NULL,
+        read boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (user_id, id)
+    );
+    CREATE INDEX notifications_unread ON notifications (user_id, id) WHERE NOT read;
+
+    CREATE TABLE push_queue (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        user_id bigint NOT NULL,
+        target_id bigint NOT NULL REFERENCES push_targets (id) ON DELETE CASCADE,
+        conv_id bigint NOT NULL,
+        message_id bigint NOT NULL,
+        content text NOT NULL,             -- JSON of PushContent
+        state text NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'sent', 'superseded', 'dropped')),
+        due_at bigint NOT NULL,
+        lease_until bigint,                -- claimed by a sender until then
+        attempts int NOT NULL DEFAULT 0,
+        created_at bigint NOT NULL,
+        UNIQUE (target_id, message_id)
+    );
+    CREATE INDEX push_queue_ready ON push_queue ((GREATEST(due_at, lease_until)))
+        WHERE state = 'pending';
+    CREATE INDEX push_queue_collapse ON push_queue (target_id, conv_id, id)
+        WHERE state = 'pending';
+    CREATE INDEX push_queue_finished ON push_queue (created_at) WHERE state <> 'pending';
+"#;
 
 /// Migration 2: uploads and attachments.
 ///

@@ -3,12 +3,19 @@
 //! Redis). This is the only module that names an adapter.
 
 use crate::config::{ClusterTls, Config};
+use crate::notify::{BindQueue, PushSetup};
+use parlor_core::error::{Error, Result as CoreResult};
+use parlor_core::notify::TargetAddress;
 use parlor_core::ports::{
-    BlobStore, BoxFuture, Bus, EventLog, Presence, RateLimiter, RecentCache, Store, UploadStore,
+    BlobStore, BoxFuture, Bus, EventLog, NotificationStore, Presence, PushProvider, RateLimiter,
+    RecentCache, Store, UploadStore, WorkQueue,
 };
 use parlor_embedded::{
     Durability, InProcessBus, MemoryPresence, MemoryRateLimiter, SqliteStore, StoreOptions,
 };
+use parlor_proto::notify::{NewPushTarget, PushKind};
+use parlor_proto::ErrorCode;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A named health check for `/readyz`.
@@ -38,6 +45,10 @@ pub struct Backends {
     pub upload_store: Arc<dyn UploadStore>,
     /// Where upload bytes live (`uploads.storage`).
     pub blobs: Arc<dyn BlobStore>,
+    /// Notification state, on the same engine as messages.
+    pub notifications: Arc<dyn NotificationStore>,
+    /// The durable queue of committed events the notifier consumes.
+    pub bind_queue: BindQueue,
     /// Engines `/readyz` checks besides the store.
     pub probes: Vec<(&'static str, Probe)>,
     pub cluster_stats: Option<ClusterStats>,
@@ -67,8 +78,23 @@ fn embedded(config: &Config) -> anyhow::Result<Backends> {
         },
         Arc::clone(&bus),
     )?);
+    let queue_store = Arc::clone(&store);
+    let queue_bus = Arc::clone(&bus);
+    let bind_queue: BindQueue = Arc::new(move |name| {
+        let store = Arc::clone(&queue_store);
+        let bus = Arc::clone(&queue_bus);
+        Box::pin(async move {
+            let queue = store
+                .work_queue(name, bus.as_ref())
+                .await
+                .map_err(|e| anyhow::anyhow!("work queue {name}: {e}"))?;
+            Ok(Box::new(queue) as Box<dyn WorkQueue>)
+        })
+    });
     Ok(Backends {
         upload_store: store.clone(),
+        notifications: store.clone(),
+        bind_queue,
         blobs: blob_store(config)?,
         store,
         bus,
@@ -238,8 +264,19 @@ async fn cluster(config: &Config) -> anyhow::Result<Backends> {
             config.data_dir.display()
         );
     }
+    let queue_nats = Arc::clone(&nats);
+    let ack_wait = std::time::Duration::from_secs(30);
+    let bind_queue: BindQueue = Arc::new(move |name| {
+        let nats = Arc::clone(&queue_nats);
+        Box::pin(async move {
+            let queue = nats.work_queue(name, ack_wait).await?;
+            Ok(Box::new(queue) as Box<dyn WorkQueue>)
+        })
+    });
     Ok(Backends {
         upload_store: store.clone(),
+        notifications: store.clone(),
+        bind_queue,
         blobs: blob_store(config)?,
         store,
         bus,
@@ -274,4 +311,162 @@ fn blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
             )
         }
     })
+}
+
+/// The push providers `push.*` configures, and how registrations are checked.
+pub fn push_setup(config: &Config) -> anyhow::Result<PushSetup> {
+    let p = &config.push;
+    let extra_roots_pem = match &p.extra_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("push.extra_ca_file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let client = parlor_push::http::ClientOptions {
+        extra_roots_pem,
+        timeout: None,
+    };
+    let mut providers: HashMap<PushKind, Arc<dyn PushProvider>> = HashMap::new();
+    let mut vapid_public_key = None;
+
+    if p.web_push.enabled {
+        let path = match &p.web_push.vapid_key_file {
+            Some(path) => Some(path.clone()),
+            None if config.cluster.enabled => {
+                tracing::warn!("Web Push is off: cluster mode needs push.web_push.vapid_key_file, the same key on every node");
+                None
+            }
+            None => Some(config.data_dir.join("vapid.pem")),
+        };
+        if let Some(path) = path {
+            let pem = match std::fs::read_to_string(&path) {
+                Ok(pem) => pem,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && p.web_push.vapid_key_file.is_none() =>
+                {
+                    let pem = parlor_push::webpush::generate_vapid_key_pem()?;
+                    write_private(&path, &pem)?;
+                    tracing::info!(path = %path.display(), "created a VAPID key for Web Push");
+                    pem
+                }
+                Err(e) => anyhow::bail!("VAPID key {}: {e}", path.display()),
+            };
+            let provider =
+                parlor_push::webpush::WebPushProvider::new(parlor_push::webpush::WebPushConfig {
+                    vapid_key_pem: pem,
+                    subject: p.web_push.subject.clone(),
+                    client: client.clone(),
+                    allow_http: false,
+                })?;
+            vapid_public_key = Some(provider.public_key());
+            providers.insert(PushKind::WebPush, Arc::new(provider));
+        }
+    }
+    if let Some(path) = &p.fcm.service_account_file {
+        let json = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("push.fcm.service_account_file {}: {e}", path.display())
+        })?;
+        let provider = parlor_push::fcm::FcmProvider::new(parlor_push::fcm::FcmConfig {
+            service_account_json: json,
+            base_url: p.fcm.base_url.clone(),
+            token_url: p.fcm.token_url.clone(),
+            client: client.clone(),
+        })?;
+        providers.insert(PushKind::Fcm, Arc::new(provider));
+    }
+    if let Some(path) = &p.apns.key_file {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("push.apns.key_file {}: {e}", path.display()))?;
+        let provider = parlor_push::apns::ApnsProvider::new(parlor_push::apns::ApnsConfig {
+            key_pem: pem,
+            key_id: p.apns.key_id.clone(),
+            team_id: p.apns.team_id.clone(),
+            topic: p.apns.topic.clone(),
+            base_url: p.apns.base_url.clone(),
+            client: client.clone(),
+        })?;
+        providers.insert(PushKind::Apns, Arc::new(provider));
+    }
+    let webhook = parlor_push::webhook::WebhookConfig {
+        allow_private: p.webhook.allow_private,
+        allow_http: p.webhook.allow_http,
+        client,
+    };
+    if p.webhook.enabled {
+        providers.insert(
+            PushKind::Webhook,
+            Arc::new(parlor_push::webhook::WebhookProvider::new(webhook.clone())?),
+        );
+    }
+    let enabled: Vec<PushKind> = providers.keys().copied().collect();
+    tracing::info!(providers = ?enabled.iter().map(|k| k.as_str()).collect::<Vec<_>>(), "push providers");
+    let validate = Arc::new(move |target: NewPushTarget| -> CoreResult<TargetAddress> {
+        let kind = match &target {
+            NewPushTarget::WebPush { .. } => PushKind::WebPush,
+            NewPushTarget::Fcm { .. } => PushKind::Fcm,
+            NewPushTarget::Apns { .. } => PushKind::Apns,
+            NewPushTarget::Webhook { .. } => PushKind::Webhook,
+        };
+        if !enabled.contains(&kind) {
+            return Err(Error::new(
+                ErrorCode::ProviderNotConfigured,
+                format!("{} is not configured on this server", kind.as_str()),
+            ));
+        }
+        let invalid = |m: String| Error::new(ErrorCode::InvalidTarget, m);
+        Ok(match target {
+            NewPushTarget::WebPush { endpoint, keys } => {
+                parlor_push::webpush::validate_subscription(
+                    &endpoint,
+                    &keys.p256dh,
+                    &keys.auth,
+                    false,
+                )
+                .map_err(invalid)?;
+                TargetAddress::WebPush {
+                    endpoint,
+                    p256dh: keys.p256dh,
+                    auth: keys.auth,
+                }
+            }
+            NewPushTarget::Fcm { token } => {
+                parlor_push::fcm::validate_token(&token).map_err(invalid)?;
+                TargetAddress::Fcm { token }
+            }
+            NewPushTarget::Apns { token } => {
+                parlor_push::apns::validate_token(&token).map_err(invalid)?;
+                TargetAddress::Apns { token }
+            }
+            NewPushTarget::Webhook { url } => {
+                parlor_push::webhook::validate_url(&url, &webhook).map_err(invalid)?;
+                let secret =
+                    parlor_push::webhook::generate_secret().map_err(|_| Error::internal())?;
+                TargetAddress::Webhook { url, secret }
+            }
+        })
+    });
+    Ok(PushSetup {
+        providers,
+        validate,
+        vapid_public_key,
+    })
+}
+
+/// Writes a key file readable by its owner only.
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
 }

@@ -40,6 +40,116 @@ pub struct Config {
     /// and in-process bus.
     pub cluster: ClusterConfig,
     pub uploads: UploadsConfig,
+    pub push: PushConfig,
+}
+
+/// Notifications: who is pushed is decided by rules (see `parlor_core::notify`); this
+/// says how pushes leave. A provider without its credentials is off: registering a
+/// target for it answers `provider_not_configured`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Decide and send notifications at all.
+    pub enabled: bool,
+    /// Put the message text in pushes (off: "New message" only).
+    pub include_content: bool,
+    /// How long a provider may hold a push for an unreachable device.
+    pub ttl_secs: u32,
+    /// A node that claims a push and then dies leaves it to others after this long.
+    pub lease_secs: u64,
+    /// Pushes sent at once by this node.
+    pub concurrency: usize,
+    /// Extra PEM certificates to trust for provider connections (a private provider,
+    /// tests). The system's roots are always trusted.
+    pub extra_ca_file: Option<PathBuf>,
+    pub web_push: WebPushSettings,
+    pub fcm: FcmSettings,
+    pub apns: ApnsSettings,
+    pub webhook: WebhookSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebPushSettings {
+    pub enabled: bool,
+    /// PKCS#8 PEM of the VAPID P-256 key. Unset: `<data_dir>/vapid.pem`, created on first
+    /// start. Every node of a cluster must use the same key.
+    pub vapid_key_file: Option<PathBuf>,
+    /// The VAPID contact (`mailto:` or `https:`), sent to push services.
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FcmSettings {
+    /// The Firebase service-account JSON key file. Unset: FCM is off.
+    pub service_account_file: Option<PathBuf>,
+    /// Default `https://fcm.googleapis.com`.
+    pub base_url: Option<String>,
+    /// Default: the service account's `token_uri`.
+    pub token_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApnsSettings {
+    /// The `.p8` signing key. Unset: APNs is off.
+    pub key_file: Option<PathBuf>,
+    pub key_id: String,
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// Default `https://api.push.apple.com`; the sandbox is
+    /// `https://api.sandbox.push.apple.com`.
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    pub enabled: bool,
+    /// Allow webhook URLs on loopback and private networks (off: refused, so that users
+    /// cannot make the server call internal services).
+    pub allow_private: bool,
+    /// Allow plain-HTTP webhook URLs.
+    pub allow_http: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            include_content: true,
+            ttl_secs: 24 * 3600,
+            lease_secs: 30,
+            concurrency: 16,
+            extra_ca_file: None,
+            web_push: WebPushSettings::default(),
+            fcm: FcmSettings::default(),
+            apns: ApnsSettings::default(),
+            webhook: WebhookSettings::default(),
+        }
+    }
+}
+
+impl Default for WebPushSettings {
+    fn default() -> Self {
+        WebPushSettings {
+            enabled: true,
+            vapid_key_file: None,
+            subject: "mailto:admin@localhost".into(),
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            enabled: true,
+            allow_private: false,
+            allow_http: false,
+        }
+    }
 }
 
 /// File uploads (attachments): limits, storage and media processing.
@@ -288,6 +398,7 @@ impl Default for Config {
             admin_token: None,
             cluster: ClusterConfig::default(),
             uploads: UploadsConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -454,6 +565,17 @@ impl Config {
             );
         }
         anyhow::ensure!(self.ws.outbox >= 8, "ws.outbox must be at least 8");
+        anyhow::ensure!(
+            self.push.lease_secs > 0 && self.push.concurrency > 0,
+            "push.lease_secs and push.concurrency must be positive"
+        );
+        if self.push.apns.key_file.is_some() {
+            let a = &self.push.apns;
+            anyhow::ensure!(
+                !a.key_id.is_empty() && !a.team_id.is_empty() && !a.topic.is_empty(),
+                "push.apns needs key_id, team_id and topic with key_file"
+            );
+        }
         anyhow::ensure!(
             self.ws.ping_interval_secs > 0,
             "ws.ping_interval_secs must be positive"

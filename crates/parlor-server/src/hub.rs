@@ -128,6 +128,11 @@ impl Hub {
         Registration { id, outbox }
     }
 
+    /// Whether this node holds a connection of `user`.
+    pub fn is_connected(&self, user: UserId) -> bool {
+        self.shard(user).read().contains_key(&user)
+    }
+
     pub fn unregister(&self, user: UserId, id: u64) {
         let mut shard = self.shard(user).write();
         if let Some(entries) = shard.get_mut(&user) {

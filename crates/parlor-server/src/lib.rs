@@ -12,6 +12,7 @@
 //! - [`tls`]: rustls listener.
 //! - [`state`]: what handlers share.
 //! - [`uploads`]: the upload service (resumable receiving, completion, media, GC).
+//! - [`notify`]: the notifier loop and the push sender.
 //!
 //! Architecture invariant: only this crate knows HTTP and WebSocket; the core never sees a
 //! socket, and this crate reaches storage only through the core's ports.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod notify;
 pub mod state;
 pub mod tls;
 pub mod uploads;
@@ -69,6 +71,8 @@ pub async fn run(
         cluster_stats,
         upload_store,
         blobs,
+        notifications,
+        bind_queue,
     } = backends::build(&config).await?;
     let secret = auth::load_or_create_secret(&config.auth, &config.data_dir)?;
     let auth = auth::Auth::new(&config.auth, &secret)?;
@@ -95,6 +99,26 @@ pub async fn run(
     ));
     let upload_gc = tokio::spawn(Arc::clone(&uploads).run_gc(stop_rx.clone()));
 
+    let notifications = Arc::new(notify::Notifications {
+        store: notifications,
+        setup: backends::push_setup(&config)?,
+        wake: Arc::new(Notify::new()),
+    });
+    let notifier = {
+        let hub = Arc::clone(&hub);
+        parlor_core::notifier::Notifier::new(
+            Arc::clone(&store),
+            Arc::clone(&notifications.store),
+            Arc::clone(&presence),
+            Arc::clone(&bus),
+            Arc::new(move |user| hub.is_connected(user)),
+            parlor_core::notifier::NotifierOptions {
+                include_content: config.push.include_content,
+            },
+        )
+    };
+    let notify_tasks =
+        notifications.start(&config.push, notifier, bind_queue, Arc::clone(&metrics));
     let store_port = Arc::clone(&store);
     let state = AppState {
         inner: Arc::new(Inner {
@@ -109,6 +133,7 @@ pub async fn run(
             hub,
             limiter,
             uploads,
+            notifications,
             probes,
             metrics,
             shutdown: stop_rx.clone(),
@@ -161,6 +186,9 @@ pub async fn run(
     }
     presence_ticker.abort();
     upload_gc.abort();
+    for task in notify_tasks {
+        task.abort();
+    }
     // Everyone whose devices were just disconnected goes offline now, so that their
     // last-seen time is stored before the store closes (the grace period would end
     // after the process).

@@ -30,6 +30,12 @@ pub struct Metrics {
     /// Uploads and blobs removed by garbage collection.
     pub uploads_collected: IntCounter,
     pub blobs_collected: IntCounter,
+    /// Pushes by provider and outcome (`sent`, `failed`, `pruned`, `retried`).
+    pub pushes: IntCounterVec,
+    /// Message commit to the push request leaving for the provider (first attempts).
+    pub push_latency: Histogram,
+    /// Feed items recorded (in-app notifications).
+    pub notifications_recorded: IntCounter,
     /// Cluster adapters' counters, copied into gauges at each scrape.
     cluster: std::sync::OnceLock<(crate::backends::ClusterStats, [IntGauge; 6])>,
 }
@@ -108,6 +114,26 @@ impl Metrics {
             "blobs_collected_total",
             "Stored contents removed by garbage collection",
         )?;
+        let pushes = IntCounterVec::new(
+            Opts::new("pushes_total", "Push requests by provider and outcome"),
+            &["provider", "outcome"],
+        )?;
+        let push_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "push_latency_seconds",
+                "Message commit to the push request (first attempt)",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        let notifications_recorded = IntCounter::new(
+            "notifications_recorded_total",
+            "In-app notifications (mentions, replies) recorded",
+        )?;
+        registry.register(Box::new(pushes.clone()))?;
+        registry.register(Box::new(push_latency.clone()))?;
+        registry.register(Box::new(notifications_recorded.clone()))?;
         for counter in [
             &upload_bytes,
             &download_bytes,
@@ -144,6 +170,9 @@ impl Metrics {
             upload_processing,
             uploads_collected,
             blobs_collected,
+            pushes,
+            push_latency,
+            notifications_recorded,
             cluster: std::sync::OnceLock::new(),
         })
     }

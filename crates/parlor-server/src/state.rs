@@ -24,6 +24,7 @@ pub struct Inner {
     pub hub: Arc<Hub>,
     pub limiter: Arc<dyn RateLimiter>,
     pub uploads: Arc<crate::uploads::Uploads>,
+    pub notifications: Arc<crate::notify::Notifications>,
     /// Engines `/readyz` checks besides the store (cluster mode).
     pub probes: Vec<(&'static str, crate::backends::Probe)>,
     pub metrics: Arc<Metrics>,

@@ -463,6 +463,72 @@ export class Api extends Emitter {
     const body = await this.request('GET', `/v1/presence?users=${users.map(encodeURIComponent).join(',')}`);
     return body.presence ?? [];
   }
+
+  // Notifications
+
+  /**
+   * The in-app feed, newest first. @param {{ before?: string, limit?: number }} [page]
+   * @returns {Promise<import('./types.js').NotificationPage>}
+   */
+  notifications(page = {}) {
+    const q = new URLSearchParams({ limit: String(page.limit ?? 30) });
+    if (page.before) q.set('before', page.before);
+    return this.request('GET', `/v1/notifications?${q}`);
+  }
+
+  /**
+   * @param {{ ids?: string[], up_to?: string }} which
+   * @returns {Promise<import('./types.js').NotificationsRead>}
+   */
+  markNotificationsRead(which) {
+    return this.request('POST', '/v1/notifications/read', which);
+  }
+
+  /** @param {string} conv @returns {Promise<import('./types.js').ConversationNotifications>} */
+  conversationNotifications(conv) {
+    return this.request('GET', `/v1/conversations/${conv}/notifications`);
+  }
+
+  /**
+   * @param {string} conv @param {import('./types.js').ConversationNotifications} settings
+   * @returns {Promise<import('./types.js').ConversationNotifications>}
+   */
+  setConversationNotifications(conv, settings) {
+    return this.request('PUT', `/v1/conversations/${conv}/notifications`, settings);
+  }
+
+  /** @returns {Promise<import('./types.js').NotificationPreferences>} */
+  notificationPreferences() {
+    return this.request('GET', '/v1/notifications/preferences');
+  }
+
+  /**
+   * @param {import('./types.js').NotificationPreferences} prefs
+   * @returns {Promise<import('./types.js').NotificationPreferences>}
+   */
+  setNotificationPreferences(prefs) {
+    return this.request('PUT', '/v1/notifications/preferences', prefs);
+  }
+
+  /** The application server key for `pushManager.subscribe`. @returns {Promise<string>} */
+  async vapidKey() {
+    const body = await this.request('GET', '/v1/push/vapid');
+    return body.public_key;
+  }
+
+  /**
+   * Registers a browser's push subscription (again: the same endpoint keeps its id).
+   * @param {{ endpoint: string, keys: { p256dh: string, auth: string } }} subscription
+   * @returns {Promise<import('./types.js').PushTarget>}
+   */
+  addWebPushTarget(subscription) {
+    return this.request('POST', '/v1/push/targets', { kind: 'web_push', endpoint: subscription.endpoint, keys: subscription.keys });
+  }
+
+  /** @param {string} id */
+  removePushTarget(id) {
+    return this.request('DELETE', `/v1/push/targets/${encodeURIComponent(id)}`);
+  }
 }
 
 /** @param {Response} res @returns {Promise<import('./types.js').ErrorBody>} */

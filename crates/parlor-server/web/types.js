@@ -60,6 +60,24 @@
  *
  * @typedef {{ code: string, message: string, retry_after_ms?: number }} ErrorBody
  *
+ * A mention of the user (or `@all`) or a reply to them, in the in-app feed. Ids grow with time.
+ * @typedef {{
+ *   id: string, kind: 'mention' | 'reply', conv: string, seq: number, message: string,
+ *   sender: string, preview: string, ts: number, read: boolean
+ * }} NotificationView
+ *
+ * @typedef {{ notifications: NotificationView[], unread: number, next_before?: string }} NotificationPage
+ *
+ * The notifications a call turned from unread to read, and the unread count after it.
+ * @typedef {{ ids: string[], unread: number }} NotificationsRead
+ *
+ * `until`: when the mute ends (ms); absent: until turned back on.
+ * @typedef {{ muted: boolean, until?: number, mute_mentions: boolean }} ConversationNotifications
+ *
+ * @typedef {{ do_not_disturb: boolean, until?: number }} NotificationPreferences
+ *
+ * @typedef {{ id: string, kind: 'web_push' | 'fcm' | 'apns' | 'webhook', address: string, created_at: number }} PushTarget
+ *
  * @typedef {{ type: 'message', pos: string } & Message} MessageFrame
  * @typedef {{ type: 'member', pos: string, conv: string, user: string, change: 'added' | 'removed' | 'left' | 'role', by: string, ts: number, role?: Role, conversation: ConversationInfo }} MemberFrame
  * @typedef {{ type: 'read', pos?: string, conv: string, user: string, seq: number }} ReadFrame
@@ -72,8 +90,11 @@
  * @typedef {{ type: 'edited', pos?: string, conv: string, seq: number, id: string, text: string, edited_at: number, by: string }} EditedFrame
  * @typedef {{ type: 'deleted', pos?: string, conv: string, seq: number, id: string, by: string, ts: number }} DeletedFrame
  *
+ * @typedef {{ type: 'notification' } & NotificationView} NotificationFrame
+ * @typedef {{ type: 'notifications_read' } & NotificationsRead} NotificationsReadFrame
+ *
  * @typedef {MessageFrame | MemberFrame | ReadFrame | DeliveredFrame | SyncedFrame | AckFrame | ErrorFrame
- *   | PresenceFrame | TypingFrame | EditedFrame | DeletedFrame} ServerFrame
+ *   | PresenceFrame | TypingFrame | EditedFrame | DeletedFrame | NotificationFrame | NotificationsReadFrame} ServerFrame
  *
  * @typedef {'pending' | 'failed'} PendingState
  *

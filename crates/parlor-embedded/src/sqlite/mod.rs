@@ -4,19 +4,27 @@
 //! pool of read-only connections ([`reader`]).
 
 mod codec;
+mod notifications;
 mod reader;
 mod schema;
 mod search_index;
 mod uploads;
+mod work_queue;
 mod writer;
+
+pub use work_queue::EmbeddedWorkQueue;
 
 use async_trait::async_trait;
 use futures_util::stream::StreamExt;
 use parking_lot::RwLock;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
-use parlor_core::ports::{Backlog, BoxFuture, Bus, Store, UploadStore};
+use parlor_core::notify::{
+    Decisions, Mute, NewFeedItem, PushDone, PushJob, PushTarget, TargetAddress,
+};
+use parlor_core::ports::{Backlog, BoxFuture, Bus, NotificationStore, Store, UploadStore};
 use parlor_core::uploads::{BlobRecord, Garbage, NewBlob, NewUpload, UploadRecord};
+use parlor_proto::notify::NotificationView;
 use parlor_proto::rest::{
     ConversationDetail, ConversationInfo, ConversationSummary, History, MessageView, Receipts,
     SearchResults, UserView,
@@ -77,6 +85,7 @@ pub struct SqliteStore {
     writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Dropping it stops the checkpointer thread.
     checkpointer: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    notify: Arc<notifications::NotifyDb>,
 }
 
 pub const DB_FILE: &str = "parlor.db";
@@ -143,6 +152,21 @@ fn open_writer_connection(path: &Path, durability: Durability) -> rusqlite::Resu
 }
 
 impl SqliteStore {
+    /// Binds the durable work queue `name` (see [`EmbeddedWorkQueue`]); `bus` must be the
+    /// bus this store publishes to.
+    pub async fn work_queue(&self, name: &str, bus: &dyn Bus) -> Result<EmbeddedWorkQueue> {
+        let live = bus.subscribe();
+        let head = self.shared.head.load(Ordering::Acquire);
+        EmbeddedWorkQueue::bind(
+            name,
+            Arc::clone(&self.notify),
+            Arc::clone(&self.reads),
+            live,
+            head,
+        )
+        .await
+    }
+
     /// Opens (creating if needed) the database under `options.data_dir` and starts the
     /// writer thread. Committed events are published to `bus`.
     pub fn open(options: StoreOptions, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
@@ -180,6 +204,7 @@ impl SqliteStore {
             .spawn(move || writer.run(rx))
             .map_err(|e| anyhow::anyhow!(format!("cannot spawn writer: {e}")))?;
         let path_for_checkpoints = path.clone();
+        let notify = Arc::new(notifications::NotifyDb::open(&options.data_dir)?);
         Ok(SqliteStore {
             commands: tx,
             reads: Arc::new(ReadPool::new(path.clone())),
@@ -188,6 +213,7 @@ impl SqliteStore {
             shared,
             writer: parking_lot::Mutex::new(Some(handle)),
             checkpointer: parking_lot::Mutex::new(Some(checkpointer(&path_for_checkpoints)?)),
+            notify,
         })
     }
 
@@ -558,5 +584,142 @@ impl UploadStore for SqliteStore {
             reply,
         })
         .await
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl NotificationStore for SqliteStore {
+    async fn register_target(&self, user: UserId, address: TargetAddress) -> Result<PushTarget> {
+        self.notify
+            .try_run(move |conn| notifications::register_target(conn, user, &address, now_ms()))
+            .await
+    }
+
+    async fn targets(&self, user: UserId) -> Result<Vec<PushTarget>> {
+        self.notify
+            .run(move |conn| notifications::targets(conn, user))
+            .await
+    }
+
+    async fn remove_target(&self, user: UserId, id: Id) -> Result<()> {
+        let deleted = self
+            .notify
+            .run(move |conn| notifications::delete_target(conn, id, Some(user)))
+            .await?;
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::not_found("push target not found"))
+        }
+    }
+
+    async fn prune_target(&self, id: Id) -> Result<()> {
+        self.notify
+            .run(move |conn| notifications::delete_target(conn, id, None))
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_mute(&self, user: UserId, conv: ConvId, mute: Option<Mute>) -> Result<()> {
+        if !notifications::is_member(&self.reads, user, conv).await? {
+            return Err(Error::new(
+                ErrorCode::NotMember,
+                "not a member of this conversation",
+            ));
+        }
+        self.notify
+            .run(move |conn| notifications::set_mute(conn, user, conv, mute))
+            .await
+    }
+
+    async fn mute(&self, user: UserId, conv: ConvId) -> Result<Option<Mute>> {
+        self.notify
+            .run(move |conn| notifications::mute(conn, user, conv))
+            .await
+    }
+
+    async fn set_dnd(&self, user: UserId, dnd: Option<Option<i64>>) -> Result<()> {
+        self.notify
+            .run(move |conn| notifications::set_dnd(conn, user, dnd))
+            .await
+    }
+
+    async fn dnd(&self, user: UserId) -> Result<Option<Option<i64>>> {
+        self.notify
+            .run(move |conn| notifications::dnd(conn, user))
+            .await
+    }
+
+    async fn settings(
+        &self,
+        conv: ConvId,
+        users: &[UserId],
+    ) -> Result<Vec<parlor_core::notify::RecipientSettings>> {
+        let users = users.to_vec();
+        self.notify
+            .run(move |conn| notifications::settings(conn, conv, &users))
+            .await
+    }
+
+    async fn record(&self, decisions: Decisions, now_ms: i64) -> Result<Vec<NewFeedItem>> {
+        self.notify
+            .run(move |conn| notifications::record(conn, &decisions, now_ms))
+            .await
+    }
+
+    async fn feed(
+        &self,
+        user: UserId,
+        before: Option<Id>,
+        limit: u32,
+    ) -> Result<Vec<NotificationView>> {
+        self.notify
+            .run(move |conn| notifications::feed(conn, user, before, limit))
+            .await
+    }
+
+    async fn unread_notifications(&self, user: UserId) -> Result<u64> {
+        self.notify
+            .run(move |conn| notifications::unread_notifications(conn, user))
+            .await
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        user: UserId,
+        ids: &[Id],
+        up_to: Option<Id>,
+    ) -> Result<Vec<Id>> {
+        let ids = ids.to_vec();
+        self.notify
+            .run(move |conn| notifications::mark_read(conn, user, &ids, up_to))
+            .await
+    }
+
+    async fn unread_messages(&self, user: UserId) -> Result<u64> {
+        notifications::unread_messages(&self.reads, user).await
+    }
+
+    async fn claim_pushes(&self, now_ms: i64, lease_ms: i64, limit: u32) -> Result<Vec<PushJob>> {
+        self.notify
+            .try_run(move |conn| notifications::claim(conn, now_ms, lease_ms, limit))
+            .await
+    }
+
+    async fn finish_push(&self, id: Id, done: PushDone) -> Result<()> {
+        self.notify
+            .run(move |conn| notifications::finish(conn, id, done))
+            .await
+    }
+
+    async fn next_push_due(&self) -> Result<Option<i64>> {
+        self.notify.run(notifications::next_due_mut).await
     }
 }

@@ -84,10 +84,10 @@ pub fn user_view(row: &Row<'_>) -> rusqlite::Result<UserView> {
     })
 }
 
-const MESSAGE_COLUMNS: &str =
+pub(super) const MESSAGE_COLUMNS: &str =
     "conv_id, seq, id, sender, body, created_at, cid, pos, reply_to, mentions, mention_all, edited_at, deleted, attachments";
 
-fn message_view(row: &Row<'_>) -> rusqlite::Result<MessageView> {
+pub(super) fn message_view(row: &Row<'_>) -> rusqlite::Result<MessageView> {
     let mentions: Option<String> = row.get(9)?;
     Ok(MessageView {
         conv: id(row, 0)?,

@@ -5,6 +5,7 @@ mod accounts;
 mod admin;
 mod conversations;
 pub mod error;
+mod notifications;
 mod ops;
 mod uploads;
 mod web;
@@ -90,6 +91,25 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/uploads/{id}/thumbnails/{size}",
             get(uploads::thumbnail),
+        )
+        .route(
+            "/v1/conversations/{id}/notifications",
+            get(notifications::conversation_settings).put(notifications::set_conversation_settings),
+        )
+        .route("/v1/push/vapid", get(notifications::vapid))
+        .route(
+            "/v1/push/targets",
+            get(notifications::list_targets).post(notifications::register_target),
+        )
+        .route(
+            "/v1/push/targets/{id}",
+            delete(notifications::remove_target),
+        )
+        .route("/v1/notifications", get(notifications::feed))
+        .route("/v1/notifications/read", post(notifications::mark_read))
+        .route(
+            "/v1/notifications/preferences",
+            get(notifications::preferences).put(notifications::set_preferences),
         )
         .route("/v1/search", get(conversations::search))
         .route("/v1/presence", get(accounts::presence))
