@@ -27,6 +27,12 @@ export class Mutes extends Emitter {
     this.fetching = new Set();
     /** @type {NotificationPreferences | null} */
     this.prefs = null;
+    /**
+     * "Mute mentions too" chosen while not muted: the server keeps it only with a mute,
+     * so it waits here for the next one.
+     * @type {Map<string, boolean>}
+     */
+    this.mentionsChoice = new Map();
   }
 
   /** The conversation's settings, or null until they arrive. @param {string} conv */
@@ -40,6 +46,19 @@ export class Mutes extends Emitter {
   muted(conv) {
     const s = this.convs.get(conv);
     return Boolean(s?.muted && current(s));
+  }
+
+  /** Whether "Mute mentions too" is on for `conv`. @param {string} conv */
+  mentionsMuted(conv) {
+    if (this.muted(conv)) return Boolean(this.convs.get(conv)?.mute_mentions);
+    return this.mentionsChoice.get(conv) ?? false;
+  }
+
+  /** @param {string} conv @param {boolean} on */
+  async setMentionsMuted(conv, on) {
+    this.mentionsChoice.set(conv, on);
+    if (this.muted(conv)) await this.mute(conv, { mentions: on });
+    else this.emit('change', { conv });
   }
 
   /** @param {string} conv */
@@ -75,8 +94,8 @@ export class Mutes extends Emitter {
 
   /** @param {string} conv */
   async unmute(conv) {
-    const was = this.convs.get(conv);
-    await this.put(conv, { muted: false, mute_mentions: was?.mute_mentions ?? false });
+    this.mentionsChoice.set(conv, this.mentionsMuted(conv));
+    await this.put(conv, { muted: false, mute_mentions: false });
   }
 
   /** @param {string} conv @param {ConversationNotifications} next */

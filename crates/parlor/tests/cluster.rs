@@ -1291,3 +1291,102 @@ async fn an_upload_begun_on_a_killed_node_completes_on_another() {
     drop(cluster);
     drop(s3);
 }
+
+/// Pushes in a cluster: the nodes share one JetStream durable consumer for notification
+/// work and claim queued pushes from PostgreSQL, so each push leaves the cluster once
+/// (not once per node), and work goes on when a node dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_push_leaves_the_cluster_once_even_when_a_node_dies() {
+    use parlor_client::proto::notify::{NewPushTarget, WebPushKeys};
+    use parlor_testkit::push::webpush::Browser;
+    use parlor_testkit::push::FakeProvider;
+
+    let push = FakeProvider::start().await.unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let vapid = keys.path().join("vapid.pem");
+    std::fs::write(
+        &vapid,
+        parlor_push::webpush::generate_vapid_key_pem().unwrap(),
+    )
+    .unwrap();
+    let ca = push.ca_file().display().to_string();
+    let vapid = vapid.display().to_string();
+    let mut cluster = Cluster::start(&[
+        ("PARLOR_PUSH__EXTRA_CA_FILE", ca.as_str()),
+        ("PARLOR_PUSH__WEB_PUSH__VAPID_KEY_FILE", vapid.as_str()),
+        ("PARLOR_PUSH__LEASE_SECS", "2"),
+    ]);
+    let alice = user(&cluster.http(0), "alice").await;
+    let mut people = Vec::new();
+    for i in 0..6 {
+        let http = cluster.http(i % 3);
+        let u = user(&http, &format!("p{i}")).await;
+        let browser = Browser::new().unwrap();
+        let name = parlor_testkit::unique_name("sub");
+        http.register_push_target(
+            &u.token,
+            &NewPushTarget::WebPush {
+                endpoint: Browser::endpoint(&push, &name),
+                keys: WebPushKeys {
+                    p256dh: browser.p256dh(),
+                    auth: browser.auth(),
+                },
+            },
+        )
+        .await
+        .unwrap();
+        let conv = cluster.direct(0, &alice, u.id).await;
+        people.push((u, browser, format!("/push/{name}"), conv));
+    }
+    let arrived = |push: &FakeProvider, path: &str| {
+        push.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .count()
+    };
+    for (u, _, path, conv) in &people[..3] {
+        cluster
+            .http(0)
+            .send(&alice.token, *conv, None, &format!("hi {}", u.name))
+            .await
+            .unwrap();
+        eventually("the push through n1", WAIT, || async {
+            (arrived(&push, path) > 0).then_some(())
+        })
+        .await;
+    }
+    cluster.kill(0);
+    for (u, _, _, conv) in &people[3..] {
+        cluster
+            .http(1)
+            .send(&alice.token, *conv, None, &format!("hi {}", u.name))
+            .await
+            .unwrap();
+    }
+    eventually("every push, with n1 dead", WAIT, || async {
+        people
+            .iter()
+            .all(|(_, _, path, _)| arrived(&push, path) > 0)
+            .then_some(())
+    })
+    .await;
+    // Room for a second copy from another node or a redelivery (leases are 2 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (u, browser, path, _) in &people {
+        let requests: Vec<_> = push
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == *path)
+            .collect();
+        assert_eq!(
+            requests.len(),
+            1,
+            "{} got {} pushes",
+            u.name,
+            requests.len()
+        );
+        let payload: serde_json::Value =
+            serde_json::from_slice(&browser.decrypt(&requests[0].body).unwrap()).unwrap();
+        assert_eq!(payload["body"], format!("hi {}", u.name).as_str());
+    }
+}

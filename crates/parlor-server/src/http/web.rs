@@ -42,6 +42,17 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("uploads.js", JS, include_str!("../../web/uploads.js")),
     ("media.js", JS, include_str!("../../web/media.js")),
     ("blurhash.js", JS, include_str!("../../web/blurhash.js")),
+    ("feed.js", JS, include_str!("../../web/feed.js")),
+    ("mutes.js", JS, include_str!("../../web/mutes.js")),
+    ("push.js", JS, include_str!("../../web/push.js")),
+    (
+        "push_display.js",
+        JS,
+        include_str!("../../web/push_display.js"),
+    ),
+    // The service worker: the policy allows it as it is, since `worker-src` falls back to
+    // `script-src 'self'`.
+    ("sw.js", JS, include_str!("../../web/sw.js")),
     ("ui/dom.js", JS, include_str!("../../web/ui/dom.js")),
     ("ui/icons.js", JS, include_str!("../../web/ui/icons.js")),
     ("ui/format.js", JS, include_str!("../../web/ui/format.js")),
@@ -65,6 +76,13 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
     ("ui/tray.js", JS, include_str!("../../web/ui/tray.js")),
     ("ui/details.js", JS, include_str!("../../web/ui/details.js")),
+    ("ui/bell.js", JS, include_str!("../../web/ui/bell.js")),
+    (
+        "ui/usermenu.js",
+        JS,
+        include_str!("../../web/ui/usermenu.js"),
+    ),
+    ("ui/mute.js", JS, include_str!("../../web/ui/mute.js")),
     ("ui/app.js", JS, include_str!("../../web/ui/app.js")),
     ("ui/route.js", JS, include_str!("../../web/ui/route.js")),
 ];

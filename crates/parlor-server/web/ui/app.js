@@ -4,6 +4,9 @@
 import { Store } from '../store.js';
 import { Socket } from '../socket.js';
 import { Media } from '../media.js';
+import { Feed } from '../feed.js';
+import { Mutes } from '../mutes.js';
+import { WebPush, onOpenRequest } from '../push.js';
 import { h, replace } from './dom.js';
 import { icon } from './icons.js';
 import { Sidebar } from './sidebar.js';
@@ -27,6 +30,9 @@ export class App {
     this.socket = new Socket(api);
     this.store = new Store(api, this.socket, me);
     this.media = new Media(api);
+    this.feed = new Feed(api, this.socket);
+    this.mutes = new Mutes(api);
+    this.push = new WebPush(api, me.id);
     /** @type {HTMLDialogElement | null} */
     this.relogin = null;
 
@@ -50,6 +56,9 @@ export class App {
     /** @type {(() => void)[]} */
     this.disposers = [
       this.store.on('toast', (t) => this.toast(t.text, t.kind)),
+      this.mutes.on('change', (c) => this.store.changed({ list: true, conv: c.conv })),
+      this.mutes.on('error', (text) => this.toast(text, 'error')),
+      onOpenRequest((conv, seq) => this.openMessage(conv, seq)),
       this.socket.on('status', () => {
         this.renderStatus();
         this.sidebar.render();
@@ -66,7 +75,10 @@ export class App {
     this.onKey = (/** @type {KeyboardEvent} */ e) => this.shortcuts(e);
     document.addEventListener('keydown', this.onKey);
     this.statusTimer = setInterval(() => this.renderStatus(), 1000);
-    this.lastSeenTimer = setInterval(() => this.conversation.render(), 30_000);
+    this.lastSeenTimer = setInterval(() => {
+      this.conversation.render();
+      this.sidebar.bell.render();
+    }, 30_000);
   }
 
   async start() {
@@ -80,6 +92,16 @@ export class App {
     }
     this.store.refreshPresence();
     this.store.probeSearch();
+    this.feed.refresh();
+    this.mutes.loadPreferences();
+    this.push.init();
+  }
+
+  /** Shows a conversation at a message (a notification was chosen). @param {string} conv @param {number | null} seq */
+  openMessage(conv, seq) {
+    const r = parseRoute();
+    if (seq && r.conv === conv && r.seq === seq && !r.details) this.store.jumpTo(conv, seq);
+    else go(conv, seq ? { seq } : {});
   }
 
   route() {
@@ -162,13 +184,20 @@ export class App {
   /** @param {boolean} callServer */
   async signOut(callServer) {
     this.dispose();
-    if (callServer) await this.api.logout();
+    if (callServer) {
+      // This browser must stop receiving the user's pushes once they are signed out.
+      await this.push.forget().catch(() => {});
+      await this.api.logout();
+    }
     this.onSignedOut();
   }
 
   dispose() {
     this.socket.stop();
     this.store.dispose();
+    this.feed.dispose();
+    this.sidebar.bell.dispose();
+    this.sidebar.menu.dispose();
     for (const d of this.disposers) d();
     window.removeEventListener('hashchange', this.onHash);
     document.removeEventListener('keydown', this.onKey);

@@ -12,6 +12,7 @@ import { presenceClass } from './sidebar.js';
 import { confirmDialog, newConversationDialog } from './dialogs.js';
 import { AttachTray } from './tray.js';
 import { attachmentSummary } from './attachments.js';
+import { until } from './mute.js';
 
 /** Typing notices are re-sent this often while the user keeps typing. */
 const TYPING_EVERY_MS = 3000;
@@ -68,12 +69,24 @@ export class ConversationView {
       },
       icon('info'),
     );
+    this.mutedMark = h(
+      'button',
+      {
+        type: 'button',
+        class: 'icon-btn muted-mark',
+        id: 'conv-muted',
+        hidden: true,
+        onclick: () => go(this.convId, { details: true, replace: true }),
+      },
+      icon('bellOff'),
+    );
     this.header = h(
       'header',
       { class: 'conv-header' },
       h('button', { type: 'button', class: 'icon-btn back-btn', 'aria-label': 'Back to conversations', onclick: () => go(null) }, icon('back')),
       this.headAvatar,
       h('div', { class: 'conv-heading' }, this.title, this.subtitle),
+      this.mutedMark,
       this.infoBtn,
     );
 
@@ -161,6 +174,9 @@ export class ConversationView {
           this.pendingJump = j.seq;
           this.render();
         }
+      }),
+      app.mutes.on('change', (c) => {
+        if (c.conv === this.convId) this.render();
       }),
       this.store.on('removed', (r) => {
         if (r.conv === this.convId && r.self) go(null);
@@ -377,6 +393,11 @@ export class ConversationView {
     }
     this.subtitle.textContent = subtitle;
     this.subtitle.classList.toggle('online', pres === 'online');
+    const mute = this.app.mutes.of(id);
+    this.mutedMark.hidden = !this.app.mutes.muted(id);
+    const muteLabel = mute?.until != null ? `Muted until ${until(mute.until)}` : 'Muted';
+    this.mutedMark.setAttribute('aria-label', `${muteLabel}: notification settings`);
+    this.mutedMark.title = muteLabel;
     this.input.setAttribute('aria-label', `Message ${name}`);
     this.input.placeholder = `Message ${c.info.kind === 'direct' ? name : '#' + name}`;
     this.typingLine.textContent = typers.length === 0

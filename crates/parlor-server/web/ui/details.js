@@ -1,5 +1,5 @@
-// The details panel of a conversation: members with roles and presence, adding and
-// removing members, admin roles, leaving a group.
+// The details panel of a conversation: its notification settings, members with roles
+// and presence, adding and removing members, admin roles, leaving a group.
 
 import { ApiError, describeError } from '../api.js';
 import { frameScheduler, h, replace } from './dom.js';
@@ -8,6 +8,7 @@ import { icon } from './icons.js';
 import { go } from './route.js';
 import { presenceClass } from './sidebar.js';
 import { confirmDialog } from './dialogs.js';
+import { muteSection } from './mute.js';
 
 export class DetailsPanel {
   /** @param {import('./app.js').App} app */
@@ -34,6 +35,9 @@ export class DetailsPanel {
     this.render = frameScheduler(() => this.draw());
     app.store.on('change', (c) => {
       if (this.convId && (c.conv === this.convId || c.list)) this.render();
+    });
+    app.mutes.on('change', (c) => {
+      if (this.convId && c.conv === this.convId) this.render();
     });
   }
 
@@ -80,6 +84,7 @@ export class DetailsPanel {
       const line = p?.online ? 'Online now' : p?.last_seen ? `Last seen ${ago(p.last_seen)}` : null;
       if (line) parts.push(h('p', { class: 'details-line' }, line));
     }
+    if (!c.left) parts.push(...muteSection(this.app, c.info.id));
     if (group) {
       const canAdd = myRole === 'owner' || myRole === 'admin';
       if (canAdd && !c.left) {

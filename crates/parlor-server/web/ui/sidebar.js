@@ -9,6 +9,8 @@ import { icon } from './icons.js';
 import { go } from './route.js';
 import { newConversationDialog } from './dialogs.js';
 import { attachmentSummary } from './attachments.js';
+import { Bell } from './bell.js';
+import { UserMenu } from './usermenu.js';
 
 /** @typedef {import('../store.js').Conv} Conv */
 
@@ -42,6 +44,8 @@ export class Sidebar {
     this.statusSelect = h('select');
     /** @type {HTMLElement} */
     this.meAvatar = h('span');
+    this.bell = new Bell(app);
+    this.menu = new UserMenu(app);
 
     this.search = h('input', {
       type: 'search',
@@ -70,16 +74,21 @@ export class Sidebar {
         { class: 'sidebar-header' },
         h('div', { class: 'brand' }, h('span', { class: 'brand-mark' }, icon('chat')), 'Parlor'),
         h(
-          'button',
-          {
-            class: 'icon-btn primary',
-            type: 'button',
-            id: 'new-conversation',
-            'aria-label': 'New conversation',
-            title: 'New conversation',
-            onclick: () => newConversationDialog(app),
-          },
-          icon('plus'),
+          'div',
+          { class: 'sidebar-actions' },
+          this.bell.el,
+          h(
+            'button',
+            {
+              class: 'icon-btn primary',
+              type: 'button',
+              id: 'new-conversation',
+              'aria-label': 'New conversation',
+              title: 'New conversation',
+              onclick: () => newConversationDialog(app),
+            },
+            icon('plus'),
+          ),
         ),
       ),
       this.searchBox,
@@ -105,6 +114,7 @@ export class Sidebar {
             h('option', { value: 'do_not_disturb' }, 'Do not disturb'),
           )),
         ),
+        this.menu.button,
         h(
           'button',
           {
@@ -118,6 +128,7 @@ export class Sidebar {
           icon('logout'),
         ),
       ),
+      this.menu.panel,
     );
     this.render = frameScheduler(() => this.draw());
     store.on('change', (c) => {
@@ -268,16 +279,17 @@ export class Sidebar {
     }
     const presence = info.kind === 'direct' && info.peer ? presenceClass(store, info.peer.id) : null;
     const unread = active ? 0 : info.unread;
+    const muted = this.app.mutes.muted(info.id);
     const label = `${title}${unread ? `, ${unread} unread message${unread === 1 ? '' : 's'}` : ''}${
       presence === 'online' ? ', online' : ''
-    }`;
+    }${muted ? ', muted' : ''}`;
     return h(
       'li',
       {},
       h(
         'a',
         {
-          class: `conv-item${active ? ' active' : ''}${unread ? ' unread' : ''}`,
+          class: `conv-item${active ? ' active' : ''}${unread ? ' unread' : ''}${muted ? ' is-muted' : ''}`,
           href: `#/c/${info.id}`,
           'aria-current': active ? 'page' : null,
           'aria-label': label,
@@ -291,6 +303,7 @@ export class Sidebar {
             'span',
             { class: 'conv-top' },
             h('span', { class: 'conv-name' }, title),
+            muted ? icon('bellOff', 'icon icon-xs conv-muted') : null,
             h('span', { class: 'conv-time' }, last ? listTime(last.ts) : ''),
           ),
           h(
