@@ -42,7 +42,10 @@ struct Setup {
 }
 
 async fn setup(extra: &[(&str, &str)]) -> Setup {
-    let push = FakeProvider::start().await.unwrap();
+    setup_on(FakeProvider::start().await.unwrap(), extra)
+}
+
+fn setup_on(push: FakeProvider, extra: &[(&str, &str)]) -> Setup {
     let keys = tempfile::tempdir().unwrap();
     // Cluster nodes need a configured VAPID key (the embedded default makes one).
     let vapid = keys.path().join("vapid.pem");
@@ -835,4 +838,128 @@ async fn a_webhook_target_receives_signed_deliveries() {
     assert_eq!(body["message"], ack.id.to_string().as_str());
     assert_eq!(body["body"], "ping the bot");
     assert!(hook.header("x-parlor-delivery").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcm_and_apns_targets_get_pushes_through_the_configured_providers() {
+    use parlor_testkit::push::apns::ApnsKey;
+    use parlor_testkit::push::fcm::ServiceAccount;
+
+    let push = FakeProvider::start().await.unwrap();
+    let account = Arc::new(ServiceAccount::generate().unwrap());
+    let apple = Arc::new(ApnsKey::generate().unwrap());
+    let files = tempfile::tempdir().unwrap();
+    let account_file = files.path().join("service-account.json");
+    std::fs::write(
+        &account_file,
+        account.json(&format!("{}/token", push.url()), "parlor-test"),
+    )
+    .unwrap();
+    let key_file = files.path().join("AuthKey.p8");
+    std::fs::write(&key_file, apple.pem()).unwrap();
+    push.respond(|r| {
+        if r.path == "/token" {
+            Reply::json(
+                200,
+                &serde_json::json!({"access_token": "fcm-access", "expires_in": 3600, "token_type": "Bearer"}),
+            )
+        } else if r.path.starts_with("/v1/projects/") {
+            Reply::json(200, &serde_json::json!({"name": "projects/parlor-test/messages/1"}))
+        } else {
+            Reply::status(200)
+        }
+    });
+    let url = push.url();
+    let account_file = account_file.display().to_string();
+    let key_file = key_file.display().to_string();
+    let s = setup_on(
+        push,
+        &[
+            ("PARLOR_PUSH__FCM__SERVICE_ACCOUNT_FILE", &account_file),
+            ("PARLOR_PUSH__FCM__BASE_URL", &url),
+            ("PARLOR_PUSH__APNS__KEY_FILE", &key_file),
+            ("PARLOR_PUSH__APNS__KEY_ID", &apple.key_id),
+            ("PARLOR_PUSH__APNS__TEAM_ID", &apple.team_id),
+            ("PARLOR_PUSH__APNS__TOPIC", "chat.parlor.app"),
+            ("PARLOR_PUSH__APNS__BASE_URL", &url),
+        ],
+    );
+    let alice = user(&s.http, "alice").await;
+    let bob = user(&s.http, "bob").await;
+    let device_token = "a1".repeat(32);
+    s.http
+        .register_push_target(
+            &bob.token,
+            &NewPushTarget::Fcm {
+                token: "fcm-registration-token".into(),
+            },
+        )
+        .await
+        .unwrap();
+    s.http
+        .register_push_target(
+            &bob.token,
+            &NewPushTarget::Apns {
+                token: device_token.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    let conv = direct(&s.http, &alice, &bob).await;
+    let ack = post(&s.http, &alice, conv, "to the phone apps").await;
+
+    let requests = poll("the FCM and APNs requests", || async {
+        let got = s.push.requests();
+        let fcm = got
+            .iter()
+            .find(|r| r.path.starts_with("/v1/projects/"))?
+            .clone();
+        let apns = got
+            .iter()
+            .find(|r| r.path.starts_with("/3/device/"))?
+            .clone();
+        let token = got.iter().find(|r| r.path == "/token")?.clone();
+        Some((token, fcm, apns))
+    })
+    .await;
+    let (token, fcm, apns) = requests;
+    account.verify_assertion(&token.body).unwrap();
+    assert_eq!(fcm.path, "/v1/projects/parlor-test/messages:send");
+    assert_eq!(fcm.header("authorization"), Some("Bearer fcm-access"));
+    let body = fcm.json().unwrap();
+    assert_eq!(body["message"]["token"], "fcm-registration-token");
+    assert_eq!(body["message"]["notification"]["body"], "to the phone apps");
+    assert_eq!(
+        body["message"]["data"]["message"],
+        ack.id.to_string().as_str()
+    );
+    assert_eq!(
+        body["message"]["android"]["collapse_key"],
+        format!("c{}", conv.0).as_str()
+    );
+
+    assert_eq!(apns.version, reqwest::Version::HTTP_2);
+    assert_eq!(apns.path, format!("/3/device/{device_token}"));
+    apple
+        .verify_provider_token(apns.header("authorization").unwrap())
+        .unwrap();
+    assert_eq!(apns.header("apns-topic"), Some("chat.parlor.app"));
+    assert_eq!(
+        apns.header("apns-collapse-id"),
+        Some(format!("c{}", conv.0).as_str())
+    );
+    let body = apns.json().unwrap();
+    assert_eq!(body["aps"]["alert"]["body"], "to the phone apps");
+    assert_eq!(body["aps"]["badge"], 1);
+
+    let metrics = s.http.metrics().await.unwrap();
+    for provider in ["fcm", "apns"] {
+        assert!(
+            metrics.contains(&format!(
+                "parlor_pushes_total{{outcome=\"sent\",provider=\"{provider}\"}} 1"
+            )),
+            "{provider}"
+        );
+    }
+    assert!(metrics.contains("parlor_push_latency_seconds_count 2"));
 }
