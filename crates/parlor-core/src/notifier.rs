@@ -30,6 +30,9 @@ pub type LocalPresence = Arc<dyn Fn(UserId) -> bool + Send + Sync>;
 pub struct NotifierOptions {
     /// Put the message text in pushes; without it a push says only who wrote.
     pub include_content: bool,
+    /// Messages older than this get no push (a node catching up after a long outage
+    /// must not ring every phone about yesterday); their feed items are still recorded.
+    pub max_push_age_ms: i64,
 }
 
 pub struct Notifier {
@@ -156,6 +159,9 @@ impl Notifier {
                     preview: text.clone(),
                     ts: message.ts,
                 });
+            }
+            if now_ms - message.ts > self.options.max_push_age_ms {
+                continue;
             }
             let Some(i) = offline.iter().position(|u| *u == user) else {
                 continue;

@@ -114,6 +114,7 @@ pub async fn run(
             Arc::new(move |user| hub.is_connected(user)),
             parlor_core::notifier::NotifierOptions {
                 include_content: config.push.include_content,
+                max_push_age_ms: i64::from(config.push.ttl_secs) * 1000,
             },
         )
     };

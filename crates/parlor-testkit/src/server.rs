@@ -334,6 +334,12 @@ impl TestServer {
         }
     }
 
+    /// Sets (or replaces) an environment variable for the next [`TestServer::restart`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.opts.env.retain(|(k, _)| k != key);
+        self.opts.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Starts the server again with the same data directory, certificate, environment
     /// and arguments (killing it first if it still runs). The port may change;
     /// [`TestServer::base_url`] and [`TestServer::http`] follow it.

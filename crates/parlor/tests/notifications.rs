@@ -963,3 +963,29 @@ async fn fcm_and_apns_targets_get_pushes_through_the_configured_providers() {
     }
     assert!(metrics.contains("parlor_push_latency_seconds_count 2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_committed_while_the_notifier_was_down_are_pushed_after_a_restart() {
+    let mut s = setup(&[]).await;
+    let alice = user(&s.http, "alice").await;
+    let bob = user(&s.http, "bob").await;
+    let phone = subscribe(&s, &bob).await;
+    let conv = direct(&s.http, &alice, &bob).await;
+    post(&s.http, &alice, conv, "before the outage").await;
+    phone.wait_for(&s.push, "before the outage").await;
+
+    s.server.set_env("PARLOR_PUSH__ENABLED", "false");
+    restart(&mut s.server);
+    s.http = s.server.http();
+    post(&s.http, &alice, conv, "while the notifier was off").await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(phone.requests(&s.push).len(), 1);
+
+    s.server.set_env("PARLOR_PUSH__ENABLED", "true");
+    restart(&mut s.server);
+    s.http = s.server.http();
+    phone.wait_for(&s.push, "while the notifier was off").await;
+    tokio::time::sleep(SETTLE).await;
+    let bodies: Vec<Value> = phone.payloads(&s.push);
+    assert_eq!(bodies.len(), 2, "nothing sent twice: {bodies:?}");
+}
