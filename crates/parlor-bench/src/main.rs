@@ -119,6 +119,8 @@ enum Scenario {
     Search(scenarios::search::SearchArgs),
     /// Uploads and downloads of large files from concurrent clients; throughput.
     Uploads(scenarios::uploads::UploadsArgs),
+    /// Messages to offline recipients: message → push request at a fake provider.
+    Push(scenarios::push::PushArgs),
     /// Internal: hold connections for the coordinator (job as JSON on stdin).
     #[command(hide = true)]
     Worker,
@@ -159,6 +161,12 @@ fn run_scenario(common: CommonArgs, scenario: Scenario) -> anyhow::Result<bool> 
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let mut common = common;
+        // The fake push provider must exist before the server, which is told to trust it.
+        let mut fake = match &scenario {
+            Scenario::Push(args) => Some(scenarios::push::prepare(args, &mut common).await?),
+            _ => None,
+        };
         let bench = scenarios::Bench::start(&common).await?;
         let outcome = match scenario {
             Scenario::Idle(args) => scenarios::idle::run(&bench, &args).await,
@@ -168,6 +176,7 @@ fn run_scenario(common: CommonArgs, scenario: Scenario) -> anyhow::Result<bool> 
             Scenario::History(args) => scenarios::history::run(&bench, &args).await,
             Scenario::Search(args) => scenarios::search::run(&bench, &args).await,
             Scenario::Uploads(args) => scenarios::uploads::run(&bench, &args).await,
+            Scenario::Push(args) => scenarios::push::run(&bench, &args, fake.take()).await,
             // Handled in `main` before a runtime or server exists.
             Scenario::Worker => Ok(true),
         };

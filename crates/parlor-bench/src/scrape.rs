@@ -45,7 +45,7 @@ impl Scrape {
         }
     }
 
-    fn get(&self, series: &str) -> f64 {
+    pub fn get(&self, series: &str) -> f64 {
         self.0.get(series).copied().unwrap_or(0.0)
     }
 
@@ -66,7 +66,7 @@ impl Scrape {
     }
 
     /// A histogram's count, mean and bucket-bound quantiles.
-    fn histogram(&self, name: &str) -> Histogram {
+    pub fn histogram(&self, name: &str) -> Histogram {
         let count = self.get(&format!("{name}_count"));
         let sum = self.get(&format!("{name}_sum"));
         let prefix = format!("{name}_bucket{{le=\"");

@@ -335,6 +335,12 @@ async fn a_muted_group_pushes_only_mentions_unless_mentions_are_muted_too() {
 
     // A mute that has ended is no mute.
     mute(&s.http, &bob, conv, Some(now_ms() - 1_000), true).await;
+    let ended = s
+        .http
+        .conversation_notifications(&bob.token, conv)
+        .await
+        .unwrap();
+    assert!(!ended.muted, "an ended mute reads as unmuted");
     post(&s.http, &alice, conv, "after the mute ended").await;
     phone.wait_for(&s.push, "after the mute ended").await;
 
@@ -406,6 +412,11 @@ async fn do_not_disturb_stops_pushes_but_the_feed_still_records_mentions() {
         )
         .await
         .unwrap();
+    let ended = s.http.notification_preferences(&bob.token).await.unwrap();
+    assert!(
+        !ended.do_not_disturb,
+        "an ended do-not-disturb reads as off"
+    );
     post(&s.http, &alice, conv, "dnd has ended").await;
     phone.wait_for(&s.push, "dnd has ended").await;
     s.http
@@ -988,4 +999,29 @@ async fn messages_committed_while_the_notifier_was_down_are_pushed_after_a_resta
     tokio::time::sleep(SETTLE).await;
     let bodies: Vec<Value> = phone.payloads(&s.push);
     assert_eq!(bodies.len(), 2, "nothing sent twice: {bodies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_do_not_disturb_presence_status_also_stops_pushes() {
+    use parlor_client::proto::rest::Availability;
+    let s = setup(&[]).await;
+    let alice = user(&s.http, "alice").await;
+    let bob = user(&s.http, "bob").await;
+    let carol = user(&s.http, "carol").await;
+    let phone = subscribe(&s, &bob).await;
+    let witness = subscribe(&s, &carol).await;
+    let conv = direct(&s.http, &alice, &bob).await;
+    s.http
+        .set_status(&bob.token, Availability::DoNotDisturb, Some("focus"))
+        .await
+        .unwrap();
+    post(&s.http, &alice, conv, "while bob focuses").await;
+    flush(&s, &alice, &carol, &witness).await;
+    assert!(phone.requests(&s.push).is_empty());
+    s.http
+        .set_status(&bob.token, Availability::Available, None)
+        .await
+        .unwrap();
+    post(&s.http, &alice, conv, "bob is available").await;
+    phone.wait_for(&s.push, "bob is available").await;
 }

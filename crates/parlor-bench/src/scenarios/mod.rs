@@ -5,6 +5,7 @@ pub mod direct;
 pub mod fanout;
 pub mod history;
 pub mod idle;
+pub mod push;
 pub mod search;
 pub mod sync;
 pub mod uploads;

@@ -144,9 +144,11 @@ pub async fn preferences(
     Caller(me): Caller,
 ) -> ApiResult<Json<NotificationPreferences>> {
     let dnd = state.notifications.store.dnd(me.user).await?;
+    // An ended do-not-disturb is off, whatever is still stored.
+    let on = parlor_core::notify::dnd_active(dnd, crate::now_ms());
     Ok(Json(NotificationPreferences {
-        do_not_disturb: dnd.is_some(),
-        until: dnd.flatten(),
+        do_not_disturb: on,
+        until: if on { dnd.flatten() } else { None },
     }))
 }
 
@@ -157,9 +159,10 @@ pub async fn set_preferences(
 ) -> ApiResult<Json<NotificationPreferences>> {
     let dnd = req.do_not_disturb.then_some(req.until);
     state.notifications.store.set_dnd(me.user, dnd).await?;
+    let on = parlor_core::notify::dnd_active(dnd, crate::now_ms());
     Ok(Json(NotificationPreferences {
-        do_not_disturb: req.do_not_disturb,
-        until: if req.do_not_disturb { req.until } else { None },
+        do_not_disturb: on,
+        until: if on { req.until } else { None },
     }))
 }
 
@@ -171,7 +174,7 @@ pub async fn conversation_settings(
     // Membership is the right to read the setting; `conversation` checks it.
     state.chat.conversation(me.user, conv).await?;
     let mute = state.notifications.store.mute(me.user, conv).await?;
-    Ok(Json(view(mute)))
+    Ok(Json(view(mute.filter(|m| m.active(crate::now_ms())))))
 }
 
 pub async fn set_conversation_settings(
@@ -180,6 +183,8 @@ pub async fn set_conversation_settings(
     PathParams(conv): PathParams<Id>,
     Body(req): Body<ConversationNotifications>,
 ) -> ApiResult<Json<ConversationNotifications>> {
+    // The same answer as every other conversation endpoint for unknown ids.
+    state.chat.conversation(me.user, conv).await?;
     let mute = req.muted.then_some(Mute {
         until: req.until,
         mentions: req.mute_mentions,
@@ -189,7 +194,7 @@ pub async fn set_conversation_settings(
         .store
         .set_mute(me.user, conv, mute)
         .await?;
-    Ok(Json(view(mute)))
+    Ok(Json(view(mute.filter(|m| m.active(crate::now_ms())))))
 }
 
 fn view(mute: Option<Mute>) -> ConversationNotifications {

@@ -57,17 +57,24 @@ export class Bell {
         role: 'dialog',
         'aria-labelledby': 'notifications-title',
         hidden: true,
+      },
+      h('header', { class: 'notif-head' }, h('h2', { id: 'notifications-title' }, 'Notifications'), this.markAll),
+      h('div', { class: 'notif-scroll' }, this.list, this.empty, this.more),
+    );
+    this.el = h(
+      'div',
+      {
+        class: 'bell',
         onkeydown: (/** @type {KeyboardEvent} */ e) => {
-          if (e.key !== 'Escape') return;
+          if (e.key !== 'Escape' || !this.open) return;
           // Not the app's Escape (which leaves the conversation).
           e.stopPropagation();
           this.close(true);
         },
       },
-      h('header', { class: 'notif-head' }, h('h2', { id: 'notifications-title' }, 'Notifications'), this.markAll),
-      h('div', { class: 'notif-scroll' }, this.list, this.empty, this.more),
+      this.button,
+      this.panel,
     );
-    this.el = h('div', { class: 'bell' }, this.button, this.panel);
     this.render = frameScheduler(() => this.draw());
     app.feed.on('change', () => this.render());
     app.mutes.on('change', () => this.render());
@@ -95,7 +102,7 @@ export class Bell {
     this.panel.hidden = false;
     this.button.setAttribute('aria-expanded', 'true');
     this.draw();
-    queueMicrotask(() => /** @type {HTMLElement | null} */ (this.panel.querySelector('.notif-item, button'))?.focus());
+    queueMicrotask(() => (/** @type {HTMLElement | null} */ (this.panel.querySelector('.notif-item')) ?? this.button).focus());
   }
 
   /** @param {boolean} refocus */

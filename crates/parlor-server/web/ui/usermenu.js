@@ -32,6 +32,7 @@ export class UserMenu {
         'aria-expanded': 'false',
         'aria-controls': 'notification-menu',
         onclick: () => (this.open ? this.close(true) : this.show()),
+        onkeydown: (/** @type {KeyboardEvent} */ e) => this.escape(e),
       },
       icon('sliders'),
     );
@@ -45,11 +46,7 @@ export class UserMenu {
         role: 'dialog',
         'aria-label': 'Notification settings',
         hidden: true,
-        onkeydown: (/** @type {KeyboardEvent} */ e) => {
-          if (e.key !== 'Escape') return;
-          e.stopPropagation();
-          this.close(true);
-        },
+        onkeydown: (/** @type {KeyboardEvent} */ e) => this.escape(e),
       },
       this.pushPart,
       this.dndPart,
@@ -68,13 +65,24 @@ export class UserMenu {
     document.removeEventListener('pointerdown', this.onOutside);
   }
 
+  /** @param {KeyboardEvent} e */
+  escape(e) {
+    if (e.key !== 'Escape' || !this.open) return;
+    // Not the app's Escape (which leaves the conversation).
+    e.stopPropagation();
+    this.close(true);
+  }
+
   show() {
     this.open = true;
     this.panel.hidden = false;
     this.button.setAttribute('aria-expanded', 'true');
     this.app.mutes.loadPreferences();
     this.draw();
-    queueMicrotask(() => /** @type {HTMLElement | null} */ (this.panel.querySelector('button, input'))?.focus());
+    queueMicrotask(() => {
+      const first = this.pushPart.hidden ? this.dndPart.querySelector('input:checked') : this.pushPart.querySelector('button');
+      /** @type {HTMLElement | null} */ (first)?.focus();
+    });
   }
 
   /** @param {boolean} refocus */
