@@ -23,7 +23,7 @@
 use crate::http::ClientOptions;
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use parlor_core::notify::{PushMessage, PushOutcome, PushReason, TargetAddress};
 use parlor_core::ports::PushProvider;
@@ -32,7 +32,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.push.apple.com";
 /// Between Apple's 20-minute floor on refreshes and its one-hour ceiling on age.
@@ -116,7 +116,8 @@ impl ApnsProvider {
                 bail!("APNs {what} must be non-empty printable ASCII");
             }
         }
-        let der = pem_pkcs8(&cfg.key_pem).context("APNs key is not a PKCS#8 PEM (.p8) key")?;
+        let der = crate::http::pem_pkcs8(&cfg.key_pem)
+            .context("APNs key is not a PKCS#8 PEM (.p8) key")?;
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
             .map_err(|e| anyhow!("APNs key is not a usable P-256 key: {e}"))?;
@@ -144,7 +145,7 @@ impl ApnsProvider {
             return Ok(t.jwt.clone());
         }
         let header = json!({"alg": "ES256", "kid": self.key_id});
-        let claims = json!({"iss": self.team_id, "iat": unix_now()});
+        let claims = json!({"iss": self.team_id, "iat": crate::http::unix_now()});
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -182,7 +183,7 @@ impl ApnsProvider {
         };
         let c = &message.content;
         let urgent = matches!(c.reason, PushReason::Mention | PushReason::Reply);
-        let expiration = unix_now().saturating_add(u64::from(message.ttl_secs));
+        let expiration = crate::http::unix_now().saturating_add(u64::from(message.ttl_secs));
         let response = self
             .http
             .post(format!("{}/3/device/{token}", self.base))
@@ -202,7 +203,7 @@ impl ApnsProvider {
             Err(e) => {
                 return PushOutcome::Retry {
                     after: None,
-                    reason: format!("APNs: {}", describe(e)),
+                    reason: format!("APNs: {}", crate::http::describe(e)),
                 }
             }
         };
@@ -327,38 +328,4 @@ pub fn apns_id(push_id: u64) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The DER inside a `-----BEGIN PRIVATE KEY-----` PEM block.
-fn pem_pkcs8(pem: &str) -> anyhow::Result<Vec<u8>> {
-    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-    const END: &str = "-----END PRIVATE KEY-----";
-    let start = pem.find(BEGIN).context("no BEGIN PRIVATE KEY line")? + BEGIN.len();
-    let len = pem[start..].find(END).context("no END PRIVATE KEY line")?;
-    let b64: String = pem[start..start + len]
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    Ok(STANDARD.decode(b64)?)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-/// A transport error with its causes ("tcp connect error: Connection refused"), without
-/// the request URL, which holds the device token.
-fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -37,7 +37,7 @@
 use crate::http::ClientOptions;
 use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use parlor_core::notify::{PushMessage, PushOutcome, PushReason, TargetAddress};
 use parlor_core::ports::PushProvider;
@@ -46,7 +46,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -140,7 +140,7 @@ impl FcmProvider {
                 account.project_id
             );
         }
-        let der = pem_pkcs8(&account.private_key)
+        let der = crate::http::pem_pkcs8(&account.private_key)
             .context("service account private_key is not a PKCS#8 PEM key")?;
         let key = RsaKeyPair::from_pkcs8(&der)
             .map_err(|e| anyhow!("service account private_key is not a usable RSA key: {e}"))?;
@@ -164,7 +164,7 @@ impl FcmProvider {
     }
 
     fn assertion(&self) -> anyhow::Result<String> {
-        let iat = unix_now();
+        let iat = crate::http::unix_now();
         let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.key_id});
         let claims = json!({
             "iss": self.client_email,
@@ -225,7 +225,7 @@ impl FcmProvider {
             .send()
             .await
             .map_err(|e| {
-                let reason = format!("FCM token exchange: {}", describe(e));
+                let reason = format!("FCM token exchange: {}", crate::http::describe(e));
                 tracing::warn!(%reason, "FCM token exchange did not complete");
                 PushOutcome::Retry {
                     after: None,
@@ -233,7 +233,7 @@ impl FcmProvider {
                 }
             })?;
         let status = response.status().as_u16();
-        let after = retry_after(response.headers());
+        let after = crate::http::retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
         if status != 200 {
             // Token endpoints answer RFC 6749 errors: {"error", "error_description"}.
@@ -285,10 +285,10 @@ impl FcmProvider {
             .await
             .map_err(|e| PushOutcome::Retry {
                 after: None,
-                reason: format!("FCM send: {}", describe(e)),
+                reason: format!("FCM send: {}", crate::http::describe(e)),
             })?;
         let status = response.status().as_u16();
-        let after = retry_after(response.headers());
+        let after = crate::http::retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
         Ok(Answer {
             status,
@@ -456,56 +456,8 @@ fn classify(status: u16, after: Option<Duration>, body: &[u8]) -> PushOutcome {
     }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-/// The DER inside a `-----BEGIN PRIVATE KEY-----` PEM block.
-fn pem_pkcs8(pem: &str) -> anyhow::Result<Vec<u8>> {
-    const BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-    const END: &str = "-----END PRIVATE KEY-----";
-    let start = pem.find(BEGIN).context("no BEGIN PRIVATE KEY line")? + BEGIN.len();
-    let len = pem[start..].find(END).context("no END PRIVATE KEY line")?;
-    let b64: String = pem[start..start + len]
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    Ok(STANDARD.decode(b64)?)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 /// The end of a token, enough to tell devices apart in a log without leaking the token.
 fn token_tail(token: &str) -> &str {
     let start = token.len().saturating_sub(8);
     token.get(start..).unwrap_or("")
-}
-
-/// A transport error with its causes ("tcp connect error: Connection refused"), without
-/// the request URL.
-fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

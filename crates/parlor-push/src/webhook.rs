@@ -58,7 +58,6 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Longest webhook URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
@@ -217,23 +216,13 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// [`crate::http::client`] with the guarded resolver and no proxy, which that builder
-/// cannot take.
+/// The shared client with the guarded resolver, and no proxy (a proxy would resolve
+/// names itself and make the guard meaningless).
 fn guarded_client(options: &ClientOptions) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(options.timeout.unwrap_or(Duration::from_secs(10)))
-        .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("parlor/", env!("CARGO_PKG_VERSION")))
+    Ok(crate::http::builder(options)?
         .no_proxy()
-        .dns_resolver(Arc::new(GuardedResolver));
-    if let Some(pem) = &options.extra_roots_pem {
-        for cert in reqwest::Certificate::from_pem_bundle(pem)? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    Ok(builder.build()?)
+        .dns_resolver(Arc::new(GuardedResolver))
+        .build()?)
 }
 
 impl WebhookProvider {
@@ -257,7 +246,7 @@ impl WebhookProvider {
             };
         }
         let body = body(message).to_string();
-        let timestamp = unix_now().to_string();
+        let timestamp = crate::http::unix_now().to_string();
         let signature = sign(secret, &timestamp, body.as_bytes());
         let response = self
             .http
@@ -274,7 +263,7 @@ impl WebhookProvider {
             Err(e) => return transport_outcome(e),
         };
         let status = response.status().as_u16();
-        let after = retry_after(response.headers());
+        let after = crate::http::retry_after(response.headers());
         let reason = format!("webhook answered {status}");
         match status {
             200..=299 => PushOutcome::Sent,
@@ -300,7 +289,7 @@ fn transport_outcome(error: reqwest::Error) -> PushOutcome {
     }
     PushOutcome::Retry {
         after: None,
-        reason: format!("webhook: {}", describe(error)),
+        reason: format!("webhook: {}", crate::http::describe(error)),
     }
 }
 
@@ -371,39 +360,4 @@ impl PushProvider for WebhookProvider {
         }
         outcome
     }
-}
-
-/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-/// A transport error with its causes ("tcp connect error: Connection refused"), without
-/// the request URL, which may carry the receiver's own credentials.
-fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -178,7 +178,9 @@ pub async fn prepare(args: &PushArgs, common: &mut CommonArgs) -> anyhow::Result
             "true".to_owned(),
         ),
     ];
-    common.server_env.splice(0..0, ours);
+    let mut env = Vec::from(ours);
+    env.append(&mut common.server_env);
+    common.server_env = env;
     Ok(Fake {
         provider,
         arrivals,
@@ -314,6 +316,10 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
     .context("connect the sender")?;
     let (mut sink, stream) = ws.split();
     let count = usize::try_from(m).context("too many messages")?;
+    let scrape_before = Scrape::take(&bench.http).await;
+    let before = bench.server.sample_or_warn();
+    let snapshot = Snapshot::take(&bench.server);
+    let received_before = fake.arrivals.count.load(Ordering::Relaxed);
     let sends = Arc::new(Sends {
         start: Instant::now() + START_DELAY,
         ns_per_message: 1e9 / args.rate,
@@ -328,11 +334,6 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
         lost_connection: Mutex::new(None),
     });
     let reader = tokio::spawn(read_answers(stream, Arc::clone(&sends)));
-
-    let scrape_before = Scrape::take(&bench.http).await;
-    let before = bench.server.sample_or_warn();
-    let snapshot = Snapshot::take(&bench.server);
-    let received_before = fake.arrivals.count.load(Ordering::Relaxed);
     let progress = {
         let (sends, arrivals) = (Arc::clone(&sends), Arc::clone(&fake.arrivals));
         Progress::start(move || {

@@ -18,7 +18,7 @@ use parlor_core::notify::{PushMessage, PushOutcome, PushReason, TargetAddress, M
 use parlor_core::ports::PushProvider;
 use parlor_proto::notify::PushKind;
 use parlor_proto::Id;
-use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::{StatusCode, Url};
 use ring::rand::SystemRandom;
 use serde::Serialize;
@@ -253,20 +253,6 @@ fn urgency(reason: PushReason) -> &'static str {
     }
 }
 
-/// Retry-After, as seconds or as an HTTP date; capped at a day so that a confused
-/// service cannot park a push for good.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let after = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(value)
-            .ok()?
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    };
-    Some(after.min(Duration::from_secs(24 * 3600)))
-}
-
 fn outcome(status: StatusCode, retry_after: Option<Duration>, body: &str) -> PushOutcome {
     let code = status.as_u16();
     match code {
@@ -305,19 +291,6 @@ async fn body_start(mut response: reqwest::Response) -> String {
         .collect::<String>()
         .trim()
         .to_string()
-}
-
-/// A transport error with its causes, which reqwest keeps out of its own message, and
-/// without the endpoint URL: its path is the subscription's capability.
-fn transport_reason(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut reason = format!("push service unreachable: {error}");
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        reason.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    reason
 }
 
 impl WebPushProvider {
@@ -360,7 +333,7 @@ impl WebPushProvider {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                let reason = transport_reason(e);
+                let reason = crate::http::unreachable(e);
                 let push = message.id;
                 tracing::warn!(%push, service = %aud, %reason, "web push not delivered");
                 return PushOutcome::Retry {
@@ -370,7 +343,7 @@ impl WebPushProvider {
             }
         };
         let status = response.status();
-        let after = retry_after(response.headers());
+        let after = crate::http::retry_after(response.headers());
         let body = if status.is_success() {
             String::new()
         } else {
@@ -545,8 +518,11 @@ mod tests {
     fn retry_after_takes_seconds_or_a_date() {
         let with = |v: &str| {
             let mut h = reqwest::header::HeaderMap::new();
-            h.insert(RETRY_AFTER, v.parse().expect("header value"));
-            retry_after(&h)
+            h.insert(
+                reqwest::header::RETRY_AFTER,
+                v.parse().expect("header value"),
+            );
+            crate::http::retry_after(&h)
         };
         assert_eq!(with("7"), Some(Duration::from_secs(7)));
         assert_eq!(with("999999999"), Some(Duration::from_secs(24 * 3600)));
@@ -555,7 +531,10 @@ mod tests {
         let got = with(&soon).expect("a date");
         assert!(got > Duration::from_secs(80) && got <= Duration::from_secs(90));
         assert_eq!(with("soon"), None);
-        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+        assert_eq!(
+            crate::http::retry_after(&reqwest::header::HeaderMap::new()),
+            None
+        );
     }
 
     #[test]
