@@ -382,7 +382,8 @@ pub trait PushProvider: Send + Sync + 'static {
 
 /// A batch of committed events from a durable queue, to acknowledge once handled.
 pub struct WorkItem {
-    pub events: Vec<Event>,
+    /// Shared with the bus batch it came from where possible: no copy per consumer.
+    pub events: Arc<[Event]>,
     pub ack: Box<dyn WorkAck>,
 }
 

@@ -105,8 +105,8 @@ impl parlor_core::ports::WorkQueue for WorkQueue {
     async fn next(&mut self) -> Option<parlor_core::Result<parlor_core::ports::WorkItem>> {
         let work = WorkQueue::next(self).await?;
         Some(match work {
-            Ok(work) => Ok(parlor_core::ports::WorkItem {
-                events: work.events.clone(),
+            Ok(mut work) => Ok(parlor_core::ports::WorkItem {
+                events: std::mem::take(&mut work.events).into(),
                 ack: Box::new(work),
             }),
             Err(e) => {

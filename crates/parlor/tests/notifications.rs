@@ -963,16 +963,21 @@ async fn fcm_and_apns_targets_get_pushes_through_the_configured_providers() {
     assert_eq!(body["aps"]["alert"]["body"], "to the phone apps");
     assert_eq!(body["aps"]["badge"], 1);
 
-    let metrics = s.http.metrics().await.unwrap();
-    for provider in ["fcm", "apns"] {
-        assert!(
-            metrics.contains(&format!(
-                "parlor_pushes_total{{outcome=\"sent\",provider=\"{provider}\"}} 1"
-            )),
-            "{provider}"
-        );
-    }
-    assert!(metrics.contains("parlor_push_latency_seconds_count 2"));
+    // The counters move once the server has the providers' answers.
+    let http = s.http.clone();
+    poll("the sent counters and the latency histogram", || {
+        let http = http.clone();
+        async move {
+            let metrics = http.metrics().await.ok()?;
+            let sent = ["fcm", "apns"].iter().all(|p| {
+                metrics.contains(&format!(
+                    "parlor_pushes_total{{outcome=\"sent\",provider=\"{p}\"}} 1"
+                ))
+            });
+            (sent && metrics.contains("parlor_push_latency_seconds_count 2")).then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use std::time::Duration;
 const CATCH_UP_SPAN: u64 = 2_000;
 
 /// A batch handed back by `retry_after`, and when to deliver it again.
-type Redelivery = Arc<Mutex<Option<(tokio::time::Instant, Vec<Event>)>>>;
+type Redelivery = Arc<Mutex<Option<(tokio::time::Instant, Arc<[Event]>)>>>;
 
 pub struct EmbeddedWorkQueue {
     name: Arc<str>,
@@ -75,14 +75,14 @@ impl EmbeddedWorkQueue {
         })
     }
 
-    fn item(&self, events: Vec<Event>) -> WorkItem {
+    fn item(&self, events: Arc<[Event]>) -> WorkItem {
         let upto = events.iter().map(|e| e.pos).max().unwrap_or(0);
         WorkItem {
             ack: Box::new(Ack {
                 name: Arc::clone(&self.name),
                 notify: Arc::clone(&self.notify),
                 upto,
-                events: Some(events.clone()),
+                events: Some(Arc::clone(&events)),
                 redeliver: Arc::clone(&self.redeliver),
             }),
             events,
@@ -111,16 +111,22 @@ impl WorkQueue for EmbeddedWorkQueue {
                 };
                 self.catch_up = (end < upto).then_some((end, upto));
                 if !events.is_empty() {
-                    return Some(Ok(self.item(events)));
+                    return Some(Ok(self.item(events.into())));
                 }
                 continue;
             }
             let batch = self.live.next().await?;
-            let events: Vec<Event> = batch
-                .iter()
-                .filter(|e| e.pos > self.last)
-                .cloned()
-                .collect();
+            // Ephemeral events (typing, presence: position 0) and what catch-up covered
+            // are skipped; a batch of committed events passes whole, without a copy.
+            let events: Arc<[Event]> = if batch.iter().all(|e| e.pos > self.last) {
+                batch
+            } else {
+                batch
+                    .iter()
+                    .filter(|e| e.pos > self.last)
+                    .cloned()
+                    .collect()
+            };
             if let Some(max) = events.iter().map(|e| e.pos).max() {
                 self.last = max;
                 return Some(Ok(self.item(events)));
@@ -133,7 +139,7 @@ struct Ack {
     name: Arc<str>,
     notify: Arc<NotifyDb>,
     upto: u64,
-    events: Option<Vec<Event>>,
+    events: Option<Arc<[Event]>>,
     redeliver: Redelivery,
 }
 
