@@ -48,6 +48,8 @@ const REGISTER_CONCURRENCY: usize = 32;
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// The first intended send time lies this far after the setup.
 const START_DELAY: Duration = Duration::from_millis(50);
+/// Wait after the drain before the final samples.
+const SETTLE: Duration = Duration::from_millis(200);
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -208,6 +210,20 @@ struct Sends {
 impl Sends {
     fn intended(&self, i: u64) -> Instant {
         self.start + Duration::from_nanos((i as f64 * self.ns_per_message) as u64)
+    }
+
+    /// The first ack of message `index` gives it its id (a repeated ack changes nothing).
+    fn on_ack(&self, index: usize, id: Id, now: Instant) {
+        let Some(slot) = self.ids.get(index) else {
+            return;
+        };
+        if slot.swap(id.0, Ordering::Relaxed) == 0 {
+            self.acked.fetch_add(1, Ordering::Relaxed);
+            self.ack_latency.record_ns(
+                now.saturating_duration_since(self.intended(index as u64))
+                    .as_nanos() as u64,
+            );
+        }
     }
 }
 
@@ -415,6 +431,9 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
+    // The server records a push's outcome after the provider answered: a moment more
+    // lets the last ones into its counters and CPU time.
+    tokio::time::sleep(SETTLE).await;
     let after = bench.server.sample_or_warn();
     let cpu = CpuUse::between(&snapshot, &Snapshot::take(&bench.server));
     let end = Instant::now();
@@ -711,15 +730,7 @@ async fn read_answers(mut stream: SplitStream<Ws>, sends: Arc<Sends>) {
             continue;
         };
         match (answer.kind, answer.id) {
-            ("ack", Some(id)) => {
-                if sends.ids[index].swap(id.0, Ordering::Relaxed) == 0 {
-                    sends.acked.fetch_add(1, Ordering::Relaxed);
-                    sends.ack_latency.record_ns(
-                        now.saturating_duration_since(sends.intended(index as u64))
-                            .as_nanos() as u64,
-                    );
-                }
-            }
+            ("ack", Some(id)) => sends.on_ack(index, id, now),
             ("error", _) => {
                 sends.failed.fetch_add(1, Ordering::Relaxed);
                 *sends
