@@ -18,10 +18,11 @@
 //! counts as collapsed, and one without any later push as lost.
 
 use super::Bench;
+use crate::census::Census;
 use crate::conn::{self, Ws};
 use crate::report::{self, Progress};
 use crate::scrape::{Histogram, Scrape};
-use crate::server::{CpuUse, Snapshot};
+use crate::server::CpuUse;
 use crate::stats::{Latency, SharedHist};
 use crate::CommonArgs;
 use anyhow::{bail, Context};
@@ -269,10 +270,15 @@ struct PushReport {
     send_lag: Latency,
     /// From the last intended send time to the last push.
     drain_secs: f64,
+    /// Server CPU and RSS: every node's together in cluster mode.
     server_cpu_secs: Option<f64>,
     server_cpu_cores: Option<f64>,
+    /// Server CPU over pushes received (when pushes collapsed, the server still
+    /// handled every message, so this overstates the cost of one push).
     server_cpu_us_per_push: Option<f64>,
     server_rss_bytes: Option<u64>,
+    /// Cores busy: the server, the engines (cluster mode), this generator (which also
+    /// runs the fake provider) and everything else.
     cpu: CpuUse,
     /// The server's `parlor_push_latency_seconds` over the run: message timestamp →
     /// first attempt handed to the provider (bucket bounds, not exact quantiles).
@@ -332,9 +338,10 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
     .context("connect the sender")?;
     let (mut sink, stream) = ws.split();
     let count = usize::try_from(m).context("too many messages")?;
-    let scrape_before = Scrape::take(&bench.http).await;
-    let before = bench.server.sample_or_warn();
-    let snapshot = Snapshot::take(&bench.server);
+    // Every node's figures in cluster mode: any node may send any push.
+    let census = bench.census();
+    let scrape_before = scrape_nodes(bench, &census).await;
+    let sample_before = census.sample();
     let received_before = fake.arrivals.count.load(Ordering::Relaxed);
     let sends = Arc::new(Sends {
         start: Instant::now() + START_DELAY,
@@ -402,7 +409,7 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
             break;
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
-            bench.server.check_alive()?;
+            census.check_alive()?;
             last_check = Instant::now();
         }
         tokio::time::sleep_until(sends.intended(i).into()).await;
@@ -426,7 +433,7 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
             break;
         }
         if last_check.elapsed() >= Duration::from_secs(1) {
-            bench.server.check_alive()?;
+            census.check_alive()?;
             last_check = Instant::now();
         }
         tokio::time::sleep(DRAIN_POLL).await;
@@ -434,11 +441,11 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
     // The server records a push's outcome after the provider answered: a moment more
     // lets the last ones into its counters and CPU time.
     tokio::time::sleep(SETTLE).await;
-    let after = bench.server.sample_or_warn();
-    let cpu = CpuUse::between(&snapshot, &Snapshot::take(&bench.server));
+    let sample_after = census.sample();
+    let cpu = Census::cpu_use(&sample_before, &sample_after);
     let end = Instant::now();
     drop(progress);
-    let scrape_after = Scrape::take(&bench.http).await;
+    let scrape_after = scrape_nodes(bench, &census).await;
     let _ = sink.close().await;
     reader.abort();
 
@@ -461,12 +468,16 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
     let received = arrivals.len() as u64;
     let since_start = |t: Instant| t.saturating_duration_since(sends.start).as_secs_f64();
     let last_arrival = arrivals.iter().map(|a| a.at).max();
-    let server_cpu = match (before, after) {
-        (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
+    let nodes_after = sample_after.nodes(&census);
+    let server_cpu = match (sample_before.nodes(&census), nodes_after) {
+        (Some(a), Some(b)) => Some(b.0 - a.0),
         _ => None,
     };
     let wall = end.saturating_duration_since(sends.start).as_secs_f64();
-    let delta = scrape_after.delta(&scrape_before);
+    let mut delta = Scrape::default();
+    for (b, a) in scrape_before.iter().zip(&scrape_after) {
+        delta.add(&a.delta(b));
+    }
     let server_pushes = ["sent", "retried", "failed", "pruned"]
         .iter()
         .map(|outcome| {
@@ -597,7 +608,7 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
         server_cpu_us_per_push: server_cpu
             .and_then(|c| report::ratio(c * 1e6, received as f64))
             .map(report::round3),
-        server_rss_bytes: after.map(|s| s.rss_bytes),
+        server_rss_bytes: nodes_after.map(|n| n.1),
         cpu,
         server_push_latency: delta.histogram("parlor_push_latency_seconds"),
         server_pushes,
@@ -608,6 +619,15 @@ pub async fn run(bench: &Bench, args: &PushArgs, fake: Option<Fake>) -> anyhow::
     super::print_notes(&report.problems, &report.warnings);
     report::print_json(&report)?;
     Ok(report.ok)
+}
+
+/// Every node's `/metrics` (the census scrapes them in cluster mode; with one server,
+/// that server's).
+async fn scrape_nodes(bench: &Bench, census: &Census<'_>) -> Vec<Scrape> {
+    match census.scrape().await {
+        Some(all) => all,
+        None => vec![Scrape::take(&bench.http).await],
+    }
 }
 
 /// Registers one push target per recipient on the fake provider; for Web Push, returns
