@@ -1,17 +1,18 @@
-//! The push sender: claims due pushes from the store's queue as send slots free up (a
-//! lease, so a node that dies mid-send leaves them to another), sends each through its
-//! provider with the badge computed now, and records the outcome: sent, retried with backoff, pruned when
+//! The push sender: claims due pushes from the store's queue (a lease, so a node that
+//! dies mid-send leaves them to another), sends each through its provider with the
+//! badge computed now, and records the outcome: sent, retried with backoff, pruned when
 //! the provider says the target is gone, dropped when it refuses for good.
 
 use super::Notifications;
 use crate::config::PushConfig;
 use crate::metrics::Metrics;
+use futures_util::stream::{self, StreamExt};
 use parlor_core::notify::{
     collapse_key, retry_delay_ms, PushDone, PushJob, PushMessage, PushOutcome, MAX_PUSH_ATTEMPTS,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 /// Longest sleep between looks at the queue: pushes queued by another node, retries
 /// coming due and expired leases are found at least this often.
@@ -19,29 +20,18 @@ const POLL: Duration = Duration::from_secs(1);
 
 pub async fn run(n: Arc<Notifications>, config: PushConfig, metrics: Arc<Metrics>) {
     let lease_ms = (config.lease_secs * 1000) as i64;
-    let config = Arc::new(config);
-    // One permit per push in flight. Claiming only as many pushes as there are free
-    // permits keeps `concurrency` requests going all the time: a slow provider answer
-    // holds its own slot, not a whole batch behind it, and nothing claimed waits long
-    // enough for its lease to run out.
-    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let batch = (config.concurrency * 4).min(1000) as u32;
     loop {
-        let Ok(first) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let free = 1 + slots.available_permits();
         let now = crate::now_ms();
-        let jobs = match n.store.claim_pushes(now, lease_ms, free as u32).await {
+        let jobs = match n.store.claim_pushes(now, lease_ms, batch).await {
             Ok(jobs) => jobs,
             Err(e) => {
-                drop(first);
                 tracing::warn!(error = %e, "claiming pushes failed");
                 tokio::time::sleep(POLL).await;
                 continue;
             }
         };
         if jobs.is_empty() {
-            drop(first);
             let due = n.store.next_push_due().await.ok().flatten();
             let sleep = due
                 .map(
@@ -54,23 +44,28 @@ pub async fn run(n: Arc<Notifications>, config: PushConfig, metrics: Arc<Metrics
             }
             continue;
         }
-        let mut permit = Some(first);
-        for job in jobs {
-            // This loop is the only one taking permits, so the ones counted are there.
-            let Some(slot) = permit
-                .take()
-                .or_else(|| Arc::clone(&slots).try_acquire_owned().ok())
-            else {
-                break;
-            };
-            let (n, config, metrics) = (Arc::clone(&n), Arc::clone(&config), Arc::clone(&metrics));
-            tokio::spawn(async move {
-                let badge = n.store.unread_messages(job.target.user).await.unwrap_or(0);
-                send_one(&n, &config, &metrics, job, badge).await;
-                drop(slot);
-            });
-        }
+        let badges = badges(&n, &jobs).await;
+        stream::iter(jobs)
+            .for_each_concurrent(config.concurrency, |job| {
+                let badge = badges.get(&job.target.user).copied().unwrap_or(0);
+                send_one(&n, &config, &metrics, job, badge)
+            })
+            .await;
     }
+}
+
+/// Unread counts for the users of a batch, one lookup per user.
+async fn badges(n: &Notifications, jobs: &[PushJob]) -> HashMap<parlor_core::model::UserId, u64> {
+    let mut out = HashMap::new();
+    for job in jobs {
+        let user = job.target.user;
+        if out.contains_key(&user) {
+            continue;
+        }
+        let badge = n.store.unread_messages(user).await.unwrap_or(0);
+        out.insert(user, badge);
+    }
+    out
 }
 
 async fn send_one(
