@@ -15,9 +15,12 @@ struct Bucket {
     at: Instant,
 }
 
+/// Buckets are keyed by a 64-bit hash of the key, not the key: no allocation per check,
+/// and ~60 bytes less per bucket (one per connected user, for the connect rule). Two keys
+/// sharing a hash would share a bucket; at 64 bits that is not worth a string per entry.
 pub struct MemoryRateLimiter {
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    shards: Vec<Mutex<HashMap<u64, Bucket>>>,
 }
 
 impl Default for MemoryRateLimiter {
@@ -45,14 +48,15 @@ impl RateLimiter for MemoryRateLimiter {
 impl MemoryRateLimiter {
     /// Takes one token for `key` without waiting on anything.
     pub fn take(&self, key: &str, rule: RateRule) -> Result<(), Duration> {
-        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[(hash as usize) % SHARDS];
         let now = Instant::now();
         let mut map = shard.lock();
         if map.len() > 100_000 {
             map.retain(|_, b| now.duration_since(b.at) < IDLE_EVICT);
         }
         let burst = f64::from(rule.burst.max(1));
-        let bucket = map.entry(key.to_owned()).or_insert(Bucket {
+        let bucket = map.entry(hash).or_insert(Bucket {
             tokens: burst,
             at: now,
         });

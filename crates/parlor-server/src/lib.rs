@@ -86,6 +86,10 @@ pub async fn run(
         Arc::clone(&hub),
         Arc::clone(&metrics),
     ));
+    let pinger = tokio::spawn(hub::ping_sweeps(
+        Arc::clone(&hub),
+        Duration::from_secs(config.ws.ping_interval_secs),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let scratch = config.data_dir.join("tmp");
     std::fs::create_dir_all(&scratch)
@@ -154,9 +158,11 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let mut stopped = stop_rx.clone();
+    let hub = Arc::clone(&state.hub);
     let graceful = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
         tracing::info!("shutting down");
+        hub.close_all();
     };
 
     match (&config.tls_cert, &config.tls_key) {
@@ -186,6 +192,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
     }
     presence_ticker.abort();
+    pinger.abort();
     upload_gc.abort();
     for task in notify_tasks {
         task.abort();

@@ -68,5 +68,5 @@ pub async fn upgrade(
         .max_write_buffer_size(max_frame * 4)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| connection::run(state, socket, principal))
+        .on_upgrade(move |socket| connection::run(state, Box::new(socket), principal))
 }
