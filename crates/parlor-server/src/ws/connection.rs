@@ -10,16 +10,15 @@
 //!    while the connection keeps reading.
 
 use super::bucket::Bucket;
+use super::inflight::Inflight;
 use crate::auth::Principal;
-use crate::hub::Registration;
+use crate::hub::{Outbox, Registration};
 use crate::state::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use parlor_core::chat::Draft;
 use parlor_core::error::Error;
 use parlor_core::model::Appended;
-use parlor_core::ports::BoxFuture;
 use parlor_core::Id;
 use parlor_proto::close;
 use parlor_proto::ws::{Ack, ClientFrame, ErrorFrame, ServerFrame};
@@ -77,7 +76,7 @@ pub async fn run(state: AppState, socket: Box<WebSocket>, pre_auth: Option<Princ
         principal,
         registration,
         last_sent: 0,
-        inflight: None,
+        inflight: Inflight::default(),
         flood: 0,
         write_timeout: Duration::from_secs(state.config.ws.idle_timeout_secs.max(1)),
     };
@@ -204,8 +203,7 @@ struct Connection {
     registration: Registration,
     /// Highest position written to this client; live events at or below it are skipped.
     last_sent: u64,
-    /// Created on the first request: an idle connection never needs one.
-    inflight: Option<FuturesUnordered<BoxFuture<Done>>>,
+    inflight: Inflight<Done>,
     frames: Bucket,
     flood: u32,
     /// Longest a single write to the client may block (the idle timeout).
@@ -213,15 +211,6 @@ struct Connection {
 }
 
 type Step = Result<(), End>;
-
-/// The next completed request; pending forever when there is none (the select's guard
-/// keeps it from being polled then).
-async fn next_done(inflight: &mut Option<FuturesUnordered<BoxFuture<Done>>>) -> Option<Done> {
-    match inflight {
-        Some(inflight) => inflight.next().await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Bounds one write to the client. A write that cannot complete for `limit` means the
 /// client has read nothing for that long (it stopped reading, or vanished without a FIN):
@@ -266,7 +255,7 @@ impl Connection {
         let mut last_heard = Instant::now();
         loop {
             let step = tokio::select! {
-                incoming = self.socket.recv(), if self.inflight.as_ref().map_or(0, |f| f.len()) < max_inflight => {
+                incoming = self.socket.recv(), if self.inflight.len() < max_inflight => {
                     last_heard = Instant::now();
                     match incoming {
                         None => Err(End::ClientGone),
@@ -276,28 +265,44 @@ impl Connection {
                         Some(Ok(message)) => Box::pin(self.on_message(message)).await,
                     }
                 }
-                Some(done) = next_done(&mut self.inflight), if self.inflight.as_ref().is_some_and(|f| !f.is_empty()) => Box::pin(self.on_done(done)).await,
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => Box::pin(self.on_done(done)).await,
                 // The hub's ping sweeps (see `hub::ping_sweeps`) and the server's shutdown
                 // come through the outbox too: no timer or watch per connection.
-                _ = outbox.ready() => if outbox.closing() {
-                    Err(End::Close(1001, "server shutting down".into()))
-                } else {
-                    match Box::pin(self.forward()).await {
-                        Ok(()) if outbox.take_ping() => {
-                            if last_heard.elapsed() > idle_timeout {
-                                Err(End::Close(1001, "idle_timeout: no traffic from client".into()))
-                            } else {
-                                Box::pin(bounded(self.write_timeout, self.socket.send(Message::Ping(Default::default())))).await
-                            }
-                        }
-                        step => step,
-                    }
-                },
+                _ = outbox.ready() => Box::pin(self.on_outbox_signal(&outbox, last_heard, idle_timeout)).await,
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    /// The outbox was signalled: shutting down, events to forward, or this connection's
+    /// turn in the hub's ping sweep (`hub::ping_sweeps`), which is also when the idle
+    /// timeout is checked. Both come through the outbox: no timer or watch per connection.
+    async fn on_outbox_signal(
+        &mut self,
+        outbox: &Outbox,
+        last_heard: Instant,
+        idle_timeout: Duration,
+    ) -> Step {
+        if outbox.closing() {
+            return Err(End::Close(1001, "server shutting down".into()));
+        }
+        self.forward().await?;
+        if !outbox.take_ping() {
+            return Ok(());
+        }
+        if last_heard.elapsed() > idle_timeout {
+            return Err(End::Close(
+                1001,
+                "idle_timeout: no traffic from client".into(),
+            ));
+        }
+        bounded(
+            self.write_timeout,
+            self.socket.send(Message::Ping(Default::default())),
+        )
+        .await
     }
 
     /// Sends everything after `since` up to the store's head; returns the head.
@@ -453,16 +458,14 @@ impl Connection {
                 };
                 match self.state.chat.send(self.principal.user, conv, draft) {
                     Ok(commit) => {
-                        self.inflight
-                            .get_or_insert_default()
-                            .push(Box::pin(async move {
-                                let result = commit.await;
-                                Done::Sent {
-                                    cid,
-                                    started,
-                                    result,
-                                }
-                            }));
+                        self.inflight.push(Box::pin(async move {
+                            let result = commit.await;
+                            Done::Sent {
+                                cid,
+                                started,
+                                result,
+                            }
+                        }));
                         Ok(())
                     }
                     Err(error) => self.write_error(&error, Some(cid)).await,
@@ -529,21 +532,19 @@ impl Connection {
     {
         let state = self.state.clone();
         let user = self.principal.user;
-        self.inflight
-            .get_or_insert_default()
-            .push(Box::pin(async move {
-                match request(state, user).await {
-                    Ok(()) => Done::Nothing,
-                    Err(error) => Done::Failed { cid, error },
-                }
-            }));
+        self.inflight.push(Box::pin(async move {
+            match request(state, user).await {
+                Ok(()) => Done::Nothing,
+                Err(error) => Done::Failed { cid, error },
+            }
+        }));
     }
 
     /// Answers a completed request, and every other one already complete, with one flush:
     /// pipelined sends commit in groups, so their acks are ready together.
     async fn on_done(&mut self, done: Done) -> Step {
         self.answer(done).await?;
-        while let Some(Some(done)) = next_done(&mut self.inflight).now_or_never() {
+        while let Some(Some(done)) = self.inflight.next().now_or_never() {
             self.answer(done).await?;
         }
         self.flush().await

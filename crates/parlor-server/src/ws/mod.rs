@@ -4,6 +4,7 @@
 
 mod bucket;
 mod connection;
+mod inflight;
 
 use crate::http::error::{bearer, ApiError};
 use crate::state::AppState;
