@@ -339,6 +339,12 @@ impl Connection {
 
     /// Writes everything queued for this connection, then flushes once.
     async fn forward(&mut self) -> Step {
+        self.queue_outbox().await?;
+        self.flush().await
+    }
+
+    /// Buffers everything queued for this connection; it leaves with the next flush.
+    async fn queue_outbox(&mut self) -> Step {
         while let Some(outgoing) = self.registration.outbox.pop() {
             if self
                 .registration
@@ -363,7 +369,7 @@ impl Connection {
                 .await?;
             }
         }
-        bounded(self.write_timeout, self.socket.flush()).await
+        Ok(())
     }
 
     /// Buffers a frame; it leaves with the next flush.
@@ -547,6 +553,9 @@ impl Connection {
         while let Some(Some(done)) = self.inflight.next().now_or_never() {
             self.answer(done).await?;
         }
+        // A sender's own message usually reaches its outbox as its commit completes:
+        // the echo then leaves in the same write as the ack.
+        self.queue_outbox().await?;
         self.flush().await
     }
 
