@@ -266,8 +266,6 @@ impl Connection {
                     }
                 }
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => Box::pin(self.on_done(done)).await,
-                // The hub's ping sweeps (see `hub::ping_sweeps`) and the server's shutdown
-                // come through the outbox too: no timer or watch per connection.
                 _ = outbox.ready() => Box::pin(self.on_outbox_signal(&outbox, last_heard, idle_timeout)).await,
             };
             if let Err(end) = step {
