@@ -14,7 +14,7 @@ use parlor_core::error::Result;
 use parlor_core::search;
 use rusqlite::{params, Connection, OpenFlags};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -190,14 +190,14 @@ fn collect(rx: &mpsc::Receiver<Vec<(u64, IndexOp)>>, batch: &mut Vec<(u64, Index
     batch.extend(first);
     let deadline = Instant::now() + LINGER;
     while batch.len() < MAX_BATCH {
-        let next = match rx.try_recv() {
-            Ok(ops) => Ok(ops),
-            Err(_) if batch.len() >= LINGER_BELOW => break,
-            Err(_) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+        // A zero wait still takes what is already queued.
+        let wait = match batch.len() < LINGER_BELOW {
+            true => deadline.saturating_duration_since(Instant::now()),
+            false => Duration::ZERO,
         };
-        match next {
+        match rx.recv_timeout(wait) {
             Ok(ops) => batch.extend(ops),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            Err(_) => break,
         }
     }
     true
