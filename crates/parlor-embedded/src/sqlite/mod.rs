@@ -4,7 +4,9 @@
 //! pool of read-only connections ([`reader`]).
 
 mod codec;
+mod contacts;
 mod notifications;
+mod read_pool;
 mod reader;
 mod schema;
 mod search_index;
@@ -188,6 +190,7 @@ impl SqliteStore {
             head: AtomicU64::new(0),
             revoked: RwLock::new(revoked),
             members: RwLock::new(std::collections::HashMap::new()),
+            contacts: contacts::ContactsCache::default(),
         });
         let search = SearchIndex::open(&options.data_dir, &conn)?;
         let writer = Writer::new(
@@ -484,9 +487,18 @@ impl Store for SqliteStore {
     }
 
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>> {
-        self.reads
-            .run(move |conn| reader::contacts(conn, user))
-            .await
+        let cache = &self.shared.contacts;
+        if let Some(contacts) = cache.get(user) {
+            return Ok(contacts.to_vec());
+        }
+        let generation = cache.generation();
+        let contacts: Arc<[UserId]> = self
+            .reads
+            .run_quick(move |conn| reader::contacts(conn, user))
+            .await?
+            .into();
+        cache.insert(user, generation, Arc::clone(&contacts));
+        Ok(contacts.to_vec())
     }
 
     async fn set_last_seen(&self, user: UserId, at_ms: i64) -> Result<()> {

@@ -1,8 +1,8 @@
-//! Reads, on a small pool of read-only connections, each used on a blocking thread.
-//! WAL mode lets them run while the writer commits.
+//! Reads, each a function of one read-only connection of the [`ReadPool`]. WAL mode lets
+//! them run while the writer commits.
 
 use super::codec::{change_from_code, role_from_code};
-use parking_lot::Mutex;
+pub use super::read_pool::ReadPool;
 use parlor_core::backlog::{BacklogMerge, Span};
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
@@ -14,63 +14,12 @@ use parlor_proto::ws::{
     DeletedEvent, EditedEvent, MemberEvent, MessageEvent, ReadEvent, ServerFrame,
 };
 use parlor_proto::Id;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use std::path::PathBuf;
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::sync::Arc;
-
-pub struct ReadPool {
-    path: PathBuf,
-    /// Idle connections; a std mutex because it is only held to push or pop.
-    idle: Mutex<Vec<Connection>>,
-}
 
 pub fn db_err(e: rusqlite::Error) -> Error {
     tracing::error!(error = %e, "store read failed");
     Error::unavailable()
-}
-
-impl ReadPool {
-    pub fn new(path: PathBuf) -> Self {
-        ReadPool {
-            path,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "cache_size", -16_384)?;
-        Ok(conn)
-    }
-
-    /// Runs `f` with a pooled connection on a blocking thread.
-    pub async fn run<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let pool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let conn = match pool.idle.lock().pop() {
-                Some(conn) => conn,
-                None => pool.open().map_err(db_err)?,
-            };
-            let result = f(&conn);
-            let mut idle = pool.idle.lock();
-            if idle.len() < 16 {
-                idle.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "store read task failed");
-            Error::internal()
-        })?
-    }
 }
 
 fn id(row: &Row<'_>, index: usize) -> rusqlite::Result<Id> {
@@ -607,20 +556,14 @@ pub fn members(conn: &Connection, conv: ConvId) -> Result<Arc<[UserId]>> {
     Ok(users.into())
 }
 
-pub fn contacts(conn: &Connection, user: UserId) -> Result<Vec<UserId>> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT DISTINCT other.user_id FROM members mine
-             JOIN members other ON other.conv_id = mine.conv_id
-             WHERE mine.user_id = ?1 AND mine.left_pos IS NULL AND other.left_pos IS NULL AND other.user_id != ?1",
-        )
-        .map_err(db_err)?;
-    let users = stmt
-        .query_map([user.0 as i64], |r| id(r, 0))
-        .map_err(db_err)?
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(db_err);
-    users
+pub fn contacts(conn: &Connection, user: UserId) -> rusqlite::Result<Vec<UserId>> {
+    conn.prepare_cached(
+        "SELECT DISTINCT other.user_id FROM members mine
+         JOIN members other ON other.conv_id = mine.conv_id
+         WHERE mine.user_id = ?1 AND mine.left_pos IS NULL AND other.left_pos IS NULL AND other.user_id != ?1",
+    )?
+    .query_map([user.0 as i64], |r| id(r, 0))?
+    .collect()
 }
 
 pub fn last_seen(conn: &Connection, user: UserId) -> Result<Option<i64>> {

@@ -171,6 +171,8 @@ impl Writer {
             )?;
             self.insert_member(id, user, role, pos)?;
         }
+        self.contacts_changed
+            .extend(members.iter().map(|&(user, _)| user));
         let mut state = ConvState {
             info: info.clone(),
             last_seq: 0,
@@ -316,6 +318,8 @@ impl Writer {
 
     pub(super) fn store_roles(&mut self, conv: ConvId, roles: HashMap<UserId, Role>) {
         if let Some(state) = self.convs.get_mut(&conv) {
+            self.contacts_changed.extend(state.roles.keys());
+            self.contacts_changed.extend(roles.keys());
             state.roles = roles;
             state.refresh_recipients();
             self.shared

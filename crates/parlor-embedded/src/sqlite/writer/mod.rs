@@ -5,6 +5,7 @@
 //! are assigned without locks and are gap-free by construction.
 
 use super::codec::{change_code, role_code, role_from_code};
+use super::contacts::ContactsCache;
 use super::search_index::{IndexOp, SearchIndex};
 use parking_lot::RwLock;
 use parlor_core::error::{Error, Result};
@@ -166,6 +167,9 @@ pub struct Shared {
     /// Current members of the conversations the writer has loaded. Only the writer
     /// inserts, so a reader can never put back a list older than the writer's.
     pub members: RwLock<HashMap<ConvId, Arc<[UserId]>>>,
+    /// Filled by readers; the writer invalidates it after each commit that changed
+    /// membership.
+    pub contacts: ContactsCache,
 }
 
 pub struct Writer {
@@ -183,6 +187,9 @@ pub struct Writer {
     commits_since_checkpoint: u32,
     search: Option<Arc<SearchIndex>>,
     index_ops: Vec<(u64, IndexOp)>,
+    /// Users whose contacts this batch changed (members, before and after, of every
+    /// conversation whose membership it touched).
+    contacts_changed: Vec<UserId>,
 }
 
 fn now_ms() -> i64 {
@@ -243,6 +250,7 @@ impl Writer {
             commits_since_checkpoint: 0,
             search,
             index_ops: Vec::new(),
+            contacts_changed: Vec::new(),
         })
     }
 
@@ -315,6 +323,11 @@ impl Writer {
                 false
             }
         };
+        if !self.contacts_changed.is_empty() {
+            self.shared
+                .contacts
+                .invalidate(self.contacts_changed.drain(..));
+        }
         if ok {
             self.shared.head.store(self.pos, Ordering::Release);
             if !self.events.is_empty() {
