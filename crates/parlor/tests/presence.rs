@@ -188,6 +188,52 @@ async fn presence_reaches_contacts_and_not_strangers() {
     assert!(asked.presence[0].last_seen.is_some());
 }
 
+/// Who hears a user's presence follows membership as it changes, also for a user who
+/// is already online (whose contacts the server may have looked up before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_membership_changes() {
+    let server = start_presence();
+    let http = server.http();
+    let alice = user(&http, "alice").await;
+    let bob = user(&http, "bob").await;
+    let dave = user(&http, "dave").await;
+    direct(&http, &alice, &bob).await;
+    let (mut bob_ws, _) = live(&server, &bob.token).await;
+    let (mut dave_ws, _) = live(&server, &dave.token).await;
+    let (_alice_ws, _) = live(&server, &alice.token).await;
+    wait_for(&mut bob_ws, |f| online_of(f, alice.id)).await;
+
+    let status_of = |wanted: Availability| {
+        move |f: &ServerFrame| presence_of(f, alice.id).filter(|p| p.status == wanted)
+    };
+    let team = group(&http, &alice, &[&dave]).await;
+    http.set_status(&alice.token, Availability::Away, None)
+        .await
+        .unwrap();
+    wait_for(&mut dave_ws, status_of(Availability::Away)).await;
+
+    http.remove_member(&alice.token, team, dave.id)
+        .await
+        .unwrap();
+    http.set_status(&alice.token, Availability::DoNotDisturb, None)
+        .await
+        .unwrap();
+    wait_for(&mut bob_ws, status_of(Availability::DoNotDisturb)).await;
+    let seen = drain_to_marker(&http, &mut dave_ws, &dave).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|f| status_of(Availability::DoNotDisturb)(f).is_some()),
+        "a removed member still hears Alice's presence: {seen:?}"
+    );
+
+    http.add_member(&alice.token, team, dave.id).await.unwrap();
+    http.set_status(&alice.token, Availability::Available, None)
+        .await
+        .unwrap();
+    wait_for(&mut dave_ws, status_of(Availability::Available)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_presence_and_last_seen_of_several_users() {
     let server = start_presence();
