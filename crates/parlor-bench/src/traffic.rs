@@ -448,50 +448,40 @@ impl Traffic {
             })
         };
 
-        // The schedule: message i is due at start + i / rate.
-        let ns_per_message = 1e9 / spec.rate;
-        let intended = |i: u64| start_ns + (i as f64 * ns_per_message) as u64;
-        let mut i = 0u64;
+        // The schedule runs on a thread of its own: tokio's timers fire on a millisecond
+        // wheel, which made every message up to a millisecond late at low rates (and
+        // that lateness counts as latency); a thread's sleep wakes within tens of µs.
+        let ticker = Ticker {
+            start_ns,
+            ns_per_message: 1e9 / spec.rate,
+            count,
+            phase_id: id,
+            routes: self.routes.clone(),
+            senders: self.connections.iter().map(|c| c.tx.clone()).collect(),
+            text: self.text.clone(),
+            phase: phase.clone(),
+            shared: shared.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let stop = ticker.stop.clone();
+        let intended = ticker.intended_fn();
+        let mut schedule = tokio::task::spawn_blocking(move || ticker.run());
         let mut last_check = Instant::now();
-        while i < count {
-            let now = shared.now_ns();
-            let due = if now < start_ns {
-                0
-            } else {
-                (((now - start_ns) as f64 / ns_per_message) as u64 + 1).min(count)
-            };
-            while i < due {
-                let (member, conv) = self.routes[(i % self.routes.len() as u64) as usize];
-                let t = intended(i);
-                let frame = ClientFrame::Send {
-                    cid: format!("{id}.{i}.{t}"),
-                    conv,
-                    text: self.text.clone(),
-                    reply_to: None,
-                    mentions: Vec::new(),
-                    mention_all: false,
-                    attachments: Vec::new(),
-                };
-                let out = Outgoing {
-                    text: serde_json::to_string(&frame)?,
-                    intended_ns: t,
-                    phase: phase.clone(),
-                };
-                // A closed channel means the connection is gone (already counted as lost);
-                // the message then stays unacked.
-                let _ = self.connections[member].tx.send(out);
-                i += 1;
-            }
-            phase.scheduled.store(i, Ordering::Relaxed);
-            if i >= count {
-                break;
+        loop {
+            tokio::select! {
+                done = &mut schedule => {
+                    done.context("the schedule thread failed")??;
+                    break;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             if last_check.elapsed() >= Duration::from_secs(1) {
-                census.check_alive()?;
+                if let Err(e) = census.check_alive() {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
                 last_check = Instant::now();
             }
-            tokio::time::sleep_until((shared.epoch + Duration::from_nanos(intended(i))).into())
-                .await;
         }
 
         // Drain: wait for every ack and delivery, at most the grace period.
@@ -705,6 +695,74 @@ impl Traffic {
                 abort.abort();
             }
         }
+    }
+}
+
+/// The ticker sleeps at least this long: at high rates it then hands over a few
+/// messages per wake-up instead of waking for each (the generator shares the cores with
+/// the server). A message it hands over late counts that lateness as latency.
+const MIN_TICK: Duration = Duration::from_micros(100);
+
+/// Hands each message of a phase to its sender's connection at its intended time.
+struct Ticker {
+    start_ns: u64,
+    ns_per_message: f64,
+    count: u64,
+    phase_id: u32,
+    routes: Vec<(usize, Id)>,
+    senders: Vec<mpsc::UnboundedSender<Outgoing>>,
+    text: String,
+    phase: Arc<Phase>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Ticker {
+    /// Message i is due at start + i / rate.
+    fn intended_fn(&self) -> impl Fn(u64) -> u64 {
+        let (start_ns, ns_per_message) = (self.start_ns, self.ns_per_message);
+        move |i| start_ns + (i as f64 * ns_per_message) as u64
+    }
+
+    fn run(self) -> anyhow::Result<()> {
+        let intended = self.intended_fn();
+        let mut i = 0u64;
+        while i < self.count && !self.stop.load(Ordering::Relaxed) {
+            let now = self.shared.now_ns();
+            let due = if now < self.start_ns {
+                0
+            } else {
+                (((now - self.start_ns) as f64 / self.ns_per_message) as u64 + 1).min(self.count)
+            };
+            while i < due {
+                let (member, conv) = self.routes[(i % self.routes.len() as u64) as usize];
+                let t = intended(i);
+                let frame = ClientFrame::Send {
+                    cid: format!("{}.{i}.{t}", self.phase_id),
+                    conv,
+                    text: self.text.clone(),
+                    reply_to: None,
+                    mentions: Vec::new(),
+                    mention_all: false,
+                    attachments: Vec::new(),
+                };
+                let out = Outgoing {
+                    text: serde_json::to_string(&frame)?,
+                    intended_ns: t,
+                    phase: self.phase.clone(),
+                };
+                // A closed channel means the connection is gone (already counted as lost);
+                // the message then stays unacked.
+                let _ = self.senders[member].send(out);
+                i += 1;
+            }
+            self.phase.scheduled.store(i, Ordering::Relaxed);
+            if i < self.count {
+                let wait = intended(i).saturating_sub(self.shared.now_ns());
+                std::thread::sleep(Duration::from_nanos(wait).max(MIN_TICK));
+            }
+        }
+        Ok(())
     }
 }
 
