@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite database (`parlor.db`, WAL mode) in the data directory.
 //!
-//! Writes go to one writer thread ([`writer`]) that commits in groups; reads run on a
-//! pool of read-only connections ([`reader`]).
+//! Writes go to one writer thread ([`writer`]) that commits in groups; reads ([`reader`])
+//! run on a pool of read-only connections ([`read_pool`]).
 
 mod codec;
 mod contacts;
