@@ -107,7 +107,7 @@ impl ReadPool {
     pub async fn run_quick<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: Fn(&Connection) -> rusqlite::Result<T> + Send + Clone + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let idle = self.quick.lock().pop();
         let Some(conn) = idle else {
