@@ -442,22 +442,24 @@ fn fetch_chunks(
     wanted: &[(usize, Span)],
     chunk: u32,
 ) -> Result<Vec<(usize, Vec<Event>)>> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_by_pos
-             WHERE conv_id = ?1 AND pos > ?2 AND pos <= ?3 ORDER BY pos LIMIT ?4"
-        ))
-        .map_err(db_err)?;
     let mut out = Vec::with_capacity(wanted.len());
     for &(index, span) in wanted {
+        let conv = span.conv.0 as i64;
+        let Some((first, last)) =
+            super::positions::seq_range(conn, conv, span.after, span.upper).map_err(db_err)?
+        else {
+            out.push((index, Vec::new()));
+            continue;
+        };
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
+                 WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4"
+            ))
+            .map_err(db_err)?;
         let rows = stmt
             .query_map(
-                params![
-                    span.conv.0 as i64,
-                    clamp(span.after),
-                    clamp(span.upper),
-                    i64::from(chunk)
-                ],
+                params![conv, first as i64, last as i64, i64::from(chunk)],
                 |r| {
                     let pos = r.get::<_, i64>(7)? as u64;
                     Ok(Event {

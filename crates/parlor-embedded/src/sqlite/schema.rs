@@ -139,6 +139,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attachment_refs_by_message ON attachment_refs(conv_id, seq);
     ALTER TABLE messages ADD COLUMN attachments TEXT;  -- JSON list of AttachmentView
     "#,
+    // 4: reads by position find their sequence range on the primary key instead
+    // (`positions.rs`), which saves one index page per conversation in every commit.
+    r#"
+    DROP INDEX messages_by_pos;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -157,11 +157,14 @@ fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let mut stmt = main.prepare(
-        "SELECT pos, id, conv_id, seq, sender, created_at, body, deleted FROM messages INDEXED BY messages_by_pos
-         WHERE conv_id = ?1 AND pos > ?2",
+        "SELECT pos, id, conv_id, seq, sender, created_at, body, deleted FROM messages
+         WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3",
     )?;
     for conv in convs {
-        let rows = stmt.query_map(params![conv, after as i64], operation)?;
+        let Some((first, last)) = super::positions::seq_range(main, conv, after, u64::MAX)? else {
+            continue;
+        };
+        let rows = stmt.query_map(params![conv, first as i64, last as i64], operation)?;
         for row in rows {
             ops.push(row?);
         }

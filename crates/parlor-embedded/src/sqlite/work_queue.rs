@@ -160,8 +160,8 @@ impl WorkAck for Ack {
     }
 }
 
-/// Messages committed with positions in `(after, upto]`, in position order; one index
-/// seek per conversation (the same walk the search index uses to catch up).
+/// Messages committed with positions in `(after, upto]`, in position order; one range
+/// read per conversation (the same walk the search index uses to catch up).
 fn messages_between(
     conn: &rusqlite::Connection,
     after: u64,
@@ -171,13 +171,15 @@ fn messages_between(
         .prepare_cached("SELECT id FROM conversations")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_by_pos
-         WHERE conv_id = ?1 AND pos > ?2 AND pos <= ?3"
-    ))?;
     let mut events = Vec::new();
     for conv in convs {
-        let rows = stmt.query_map(params![conv, after as i64, upto as i64], |r| {
+        let Some((first, last)) = super::positions::seq_range(conn, conv, after, upto)? else {
+            continue;
+        };
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3"
+        ))?;
+        let rows = stmt.query_map(params![conv, first as i64, last as i64], |r| {
             Ok((r.get::<_, i64>(7)? as u64, message_view(r)?))
         })?;
         for row in rows {

@@ -32,9 +32,6 @@ mod uploads;
 
 /// Upper bound of commands per transaction; keeps the commit latency bounded under load.
 pub const MAX_BATCH: usize = 4096;
-/// Commits after which the writer, when it next has nothing queued, completes a
-/// checkpoint itself (see [`Writer::finish_checkpoint`]).
-const CHECKPOINT_AFTER_COMMITS: u32 = 1000;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -184,7 +181,6 @@ pub struct Writer {
     replies: Vec<Box<dyn FnOnce(bool) + Send>>,
     sender_reads: HashMap<(ConvId, UserId), u64>,
     stopping: bool,
-    commits_since_checkpoint: u32,
     search: Option<Arc<SearchIndex>>,
     index_ops: Vec<(u64, IndexOp)>,
     /// Users whose contacts this batch changed (members, before and after, of every
@@ -214,7 +210,10 @@ impl Writer {
     ) -> rusqlite::Result<Self> {
         let mut ids = Snowflake::new(machine);
         let pos: u64 = conn.query_row(
-            "SELECT MAX(COALESCE((SELECT MAX(pos) FROM messages), 0),
+            // Each conversation's newest message holds its highest position (see
+            // `positions.rs`), so this reads one row per conversation, not every message.
+            "SELECT MAX(COALESCE((SELECT MAX((SELECT pos FROM messages m WHERE m.conv_id = c.id
+                                              ORDER BY m.seq DESC LIMIT 1)) FROM conversations c), 0),
                         COALESCE((SELECT MAX(pos) FROM member_events), 0),
                         COALESCE((SELECT MAX(pos) FROM message_changes), 0),
                         COALESCE((SELECT MAX(read_pos) FROM members), 0))",
@@ -247,7 +246,6 @@ impl Writer {
             replies: Vec::new(),
             sender_reads: HashMap::new(),
             stopping: false,
-            commits_since_checkpoint: 0,
             search,
             index_ops: Vec::new(),
             contacts_changed: Vec::new(),
@@ -268,30 +266,12 @@ impl Writer {
             if self.stopping {
                 break;
             }
-            self.commits_since_checkpoint += 1;
-            if self.commits_since_checkpoint >= CHECKPOINT_AFTER_COMMITS && rx.is_empty() {
-                self.finish_checkpoint();
-            }
         }
         // Shutdown requested or every sender gone: leave a compact database behind.
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "final checkpoint failed");
         }
         tracing::info!("store writer stopped");
-    }
-
-    /// The checkpointer thread copies the log into the database as it grows, but under
-    /// continuous writes it never finishes between two commits, and the log can only
-    /// start over once a checkpoint has finished. When the writer is idle, it finishes
-    /// one: little is left to copy, and the next commit then restarts the log.
-    fn finish_checkpoint(&mut self) {
-        self.commits_since_checkpoint = 0;
-        if let Err(e) = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-        {
-            tracing::warn!(error = %e, "checkpoint failed");
-        }
     }
 
     fn execute_batch(&mut self, batch: &mut Vec<Command>) {
