@@ -389,7 +389,9 @@ pub struct WorkItem {
 
 #[async_trait]
 pub trait WorkAck: Send {
-    /// Handled: never delivered again.
+    /// Handled: not delivered again, except after a crash that came before the queue
+    /// recorded the acknowledgement (an implementation may record it a little later;
+    /// handlers are idempotent).
     async fn ack(self: Box<Self>) -> Result<()>;
     /// Failed transiently: deliver it again after `delay`.
     async fn retry_after(self: Box<Self>, delay: Duration) -> Result<()>;

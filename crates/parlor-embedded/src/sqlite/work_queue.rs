@@ -5,7 +5,8 @@
 //! On bind it subscribes to the bus first, then reads the messages committed between
 //! the cursor and the head from the store, then follows the bus skipping what the
 //! catch-up already covered: the same seam as a device's sync, so nothing falls
-//! between the two. A queue bound for the first time starts at the head.
+//! between the two. A queue bound for the first time starts at the head. The cursor is
+//! written behind the acknowledgements, at most [`CURSOR_EVERY`] late.
 
 use super::notifications::{self, NotifyDb};
 use super::reader::{db_err, message_view, ReadPool, MESSAGE_COLUMNS};
@@ -17,6 +18,7 @@ use parlor_core::model::Event;
 use parlor_core::ports::{WorkAck, WorkItem, WorkQueue};
 use parlor_proto::ws::{MessageEvent, ServerFrame};
 use rusqlite::params;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +29,7 @@ const CATCH_UP_SPAN: u64 = 2_000;
 type Redelivery = Arc<Mutex<Option<(tokio::time::Instant, Arc<[Event]>)>>>;
 
 pub struct EmbeddedWorkQueue {
-    name: Arc<str>,
-    notify: Arc<NotifyDb>,
+    cursor: Arc<Cursor>,
     reads: Arc<ReadPool>,
     live: BoxStream<'static, Arc<[Event]>>,
     /// Catch-up still to read: positions `(after, upto]`.
@@ -65,8 +66,12 @@ impl EmbeddedWorkQueue {
             );
         }
         Ok(EmbeddedWorkQueue {
-            name: name.into(),
-            notify,
+            cursor: Arc::new(Cursor {
+                name: name.into(),
+                notify,
+                acked: AtomicU64::new(cursor),
+                pending: AtomicBool::new(false),
+            }),
             reads,
             live,
             catch_up: (cursor < head).then_some((cursor, head)),
@@ -79,8 +84,7 @@ impl EmbeddedWorkQueue {
         let upto = events.iter().map(|e| e.pos).max().unwrap_or(0);
         WorkItem {
             ack: Box::new(Ack {
-                name: Arc::clone(&self.name),
-                notify: Arc::clone(&self.notify),
+                cursor: Arc::clone(&self.cursor),
                 upto,
                 events: Some(Arc::clone(&events)),
                 redeliver: Arc::clone(&self.redeliver),
@@ -135,9 +139,49 @@ impl WorkQueue for EmbeddedWorkQueue {
     }
 }
 
-struct Ack {
+/// The queue's acknowledged position, written to `notifications.db` at most once per
+/// [`CURSOR_EVERY`] instead of once per item: under load the store commits (and the
+/// queue hands out) thousands of batches a second, and a write per batch was a
+/// transaction and a blocking-thread round trip each. What a crash loses is at most that
+/// much of acknowledged work, delivered again to handlers that are idempotent anyway.
+struct Cursor {
     name: Arc<str>,
     notify: Arc<NotifyDb>,
+    acked: AtomicU64,
+    /// A write is due (a task sleeps until it is made).
+    pending: AtomicBool,
+}
+
+/// How long an acknowledgement may wait to be written.
+const CURSOR_EVERY: Duration = Duration::from_millis(100);
+
+impl Cursor {
+    fn ack(self: &Arc<Self>, upto: u64) {
+        self.acked.fetch_max(upto, Ordering::AcqRel);
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cursor = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(CURSOR_EVERY).await;
+            // Cleared before reading: an acknowledgement after this point schedules a
+            // write of its own (`set_cursor` keeps the maximum, so order does not matter).
+            cursor.pending.store(false, Ordering::Release);
+            let upto = cursor.acked.load(Ordering::Acquire);
+            let name = Arc::clone(&cursor.name);
+            let saved = cursor
+                .notify
+                .run(move |conn| notifications::set_cursor(conn, &name, upto))
+                .await;
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, queue = %cursor.name, "saving the work queue cursor failed");
+            }
+        });
+    }
+}
+
+struct Ack {
+    cursor: Arc<Cursor>,
     upto: u64,
     events: Option<Arc<[Event]>>,
     redeliver: Redelivery,
@@ -146,10 +190,8 @@ struct Ack {
 #[async_trait]
 impl WorkAck for Ack {
     async fn ack(self: Box<Self>) -> Result<()> {
-        let (name, upto) = (Arc::clone(&self.name), self.upto);
-        self.notify
-            .run(move |conn| notifications::set_cursor(conn, &name, upto))
-            .await
+        self.cursor.ack(self.upto);
+        Ok(())
     }
 
     async fn retry_after(mut self: Box<Self>, delay: Duration) -> Result<()> {
@@ -196,4 +238,44 @@ fn messages_between(
     }
     events.sort_by_key(|e| e.pos);
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn saved(notify: &NotifyDb) -> Option<u64> {
+        notify
+            .run(|conn| notifications::cursor(conn, "q"))
+            .await
+            .expect("read the cursor")
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_reach_the_database_and_the_highest_wins() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let notify = Arc::new(NotifyDb::open(dir.path()).expect("open"));
+        let cursor = Arc::new(Cursor {
+            name: "q".into(),
+            notify: Arc::clone(&notify),
+            acked: AtomicU64::new(0),
+            pending: AtomicBool::new(false),
+        });
+        for upto in [3, 9, 5] {
+            cursor.ack(upto);
+        }
+        let mut waited = Duration::ZERO;
+        while saved(&notify).await != Some(9) {
+            assert!(waited < Duration::from_secs(10), "cursor never saved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+        // A later acknowledgement is written by a write of its own.
+        cursor.ack(12);
+        while saved(&notify).await != Some(12) {
+            assert!(waited < Duration::from_secs(10), "second ack never saved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+    }
 }
