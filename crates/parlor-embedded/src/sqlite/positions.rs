@@ -12,12 +12,15 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The messages of `conv` with `after < pos <= upto`, as an inclusive `seq` range; `None`
-/// when there are none.
+/// when there are none. `known` is the `(pos, seq)` of a message of `conv` the caller
+/// already read (the end of its previous chunk): when it is the message at `after`, the
+/// range starts right after it, without a search.
 pub fn seq_range(
     conn: &Connection,
     conv: i64,
     after: u64,
     upto: u64,
+    known: Option<(u64, u64)>,
 ) -> rusqlite::Result<Option<(u64, u64)>> {
     let newest = conn
         .prepare_cached(
@@ -31,7 +34,10 @@ pub fn seq_range(
     if newest.pos <= after || upto <= after {
         return Ok(None);
     }
-    let first = first_past(conn, conv, after, newest)?;
+    let first = match known {
+        Some((pos, seq)) if pos == after => seq + 1,
+        _ => first_past(conn, conv, after, newest)?,
+    };
     let last = match newest.pos <= upto {
         true => newest.seq,
         false => first_past(conn, conv, upto, newest)?.saturating_sub(1),
@@ -148,7 +154,7 @@ mod tests {
         for conv in [1, 2, 3] {
             for after in 0..=pos as u64 + 1 {
                 for upto in [after, after + 1, after + 7, pos as u64, u64::MAX] {
-                    let range = seq_range(&conn, conv, after, upto).expect("search");
+                    let range = seq_range(&conn, conv, after, upto, None).expect("search");
                     assert_eq!(
                         in_range(&rows, conv, range),
                         scanned(&rows, conv, after, upto),
@@ -160,15 +166,34 @@ mod tests {
     }
 
     #[test]
+    fn a_known_message_at_the_bound_starts_the_range_after_it() {
+        let rows: Vec<_> = (1..=10).map(|s| (1, s, 3 * s)).collect();
+        let conn = store(&rows);
+        assert_eq!(
+            seq_range(&conn, 1, 12, 30, Some((12, 4))).expect("search"),
+            Some((5, 10))
+        );
+        // A hint about another position is ignored.
+        assert_eq!(
+            seq_range(&conn, 1, 13, 30, Some((12, 4))).expect("search"),
+            Some((5, 10))
+        );
+        assert_eq!(
+            seq_range(&conn, 1, 30, u64::MAX, Some((30, 10))).expect("search"),
+            None
+        );
+    }
+
+    #[test]
     fn bounds_deep_in_a_long_conversation() {
         let rows: Vec<_> = (1..=100_000).map(|s| (7, s, 2 * s)).collect();
         let conn = store(&rows);
         assert_eq!(
-            seq_range(&conn, 7, 2 * 99_990, u64::MAX).expect("search"),
+            seq_range(&conn, 7, 2 * 99_990, u64::MAX, None).expect("search"),
             Some((99_991, 100_000))
         );
         assert_eq!(
-            seq_range(&conn, 7, 1, 2 * 50_000).expect("search"),
+            seq_range(&conn, 7, 1, 2 * 50_000, None).expect("search"),
             Some((1, 50_000))
         );
     }

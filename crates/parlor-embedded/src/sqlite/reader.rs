@@ -15,6 +15,7 @@ use parlor_proto::ws::{
 };
 use parlor_proto::Id;
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub fn db_err(e: rusqlite::Error) -> Error {
@@ -272,7 +273,12 @@ fn clamp(v: u64) -> i64 {
 pub struct BacklogState {
     pool: Arc<ReadPool>,
     merge: BacklogMerge,
+    /// Per cursor, the last message its previous chunk returned.
+    resume: HashMap<usize, Resume>,
 }
+
+/// `(pos, seq)` of a message, where the next chunk of its conversation resumes.
+type Resume = (u64, u64);
 
 impl BacklogState {
     pub async fn start(
@@ -288,11 +294,17 @@ impl BacklogState {
         Ok(BacklogState {
             pool,
             merge: BacklogMerge::new(spans, other, page),
+            resume: HashMap::new(),
         })
     }
 
     pub async fn next_page(&mut self) -> Option<Result<Vec<Event>>> {
-        let wanted = self.merge.refills();
+        let wanted: Vec<_> = self
+            .merge
+            .refills()
+            .into_iter()
+            .map(|(index, span)| (index, span, self.resume.get(&index).copied()))
+            .collect();
         if !wanted.is_empty() {
             let chunk = self.merge.chunk();
             let fetched = self
@@ -304,6 +316,14 @@ impl BacklogState {
                 Err(e) => return Some(Err(e)),
             };
             for (index, events) in fetched {
+                if let Some(Event {
+                    pos,
+                    frame: ServerFrame::Message(m),
+                    ..
+                }) = events.last()
+                {
+                    self.resume.insert(index, (*pos, m.message.seq));
+                }
                 self.merge.refilled(index, events);
             }
         }
@@ -439,15 +459,14 @@ fn load_backlog_sources(
 /// The next chunk of each wanted cursor, one indexed range read per conversation.
 fn fetch_chunks(
     conn: &Connection,
-    wanted: &[(usize, Span)],
+    wanted: &[(usize, Span, Option<Resume>)],
     chunk: u32,
 ) -> Result<Vec<(usize, Vec<Event>)>> {
     let mut out = Vec::with_capacity(wanted.len());
-    for &(index, span) in wanted {
+    for &(index, span, known) in wanted {
         let conv = span.conv.0 as i64;
-        let Some((first, last)) =
-            super::positions::seq_range(conn, conv, span.after, span.upper).map_err(db_err)?
-        else {
+        let range = super::positions::seq_range(conn, conv, span.after, span.upper, known);
+        let Some((first, last)) = range.map_err(db_err)? else {
             out.push((index, Vec::new()));
             continue;
         };

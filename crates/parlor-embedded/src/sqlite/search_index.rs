@@ -161,7 +161,8 @@ fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>
          WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3",
     )?;
     for conv in convs {
-        let Some((first, last)) = super::positions::seq_range(main, conv, after, u64::MAX)? else {
+        let Some((first, last)) = super::positions::seq_range(main, conv, after, u64::MAX, None)?
+        else {
             continue;
         };
         let rows = stmt.query_map(params![conv, first as i64, last as i64], operation)?;

@@ -215,7 +215,8 @@ fn messages_between(
         .collect::<rusqlite::Result<_>>()?;
     let mut events = Vec::new();
     for conv in convs {
-        let Some((first, last)) = super::positions::seq_range(conn, conv, after, upto)? else {
+        let Some((first, last)) = super::positions::seq_range(conn, conv, after, upto, None)?
+        else {
             continue;
         };
         let mut stmt = conn.prepare_cached(&format!(
