@@ -208,6 +208,7 @@ impl Writer {
                     sender: sender.0,
                     ts,
                     text: text.clone(),
+                    replace: false,
                 },
             ));
         }
@@ -328,6 +329,7 @@ impl Writer {
                     sender: sender.0,
                     ts: view.ts,
                     text: text.clone(),
+                    replace: true,
                 },
             ));
         }
