@@ -83,7 +83,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.validate()?;
     init_logging(&config.log_format);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_threads(cores))
         .enable_all()
         .build()?;
     runtime.block_on(parlor_server::run(config, shutdown_signal(), |url| {
