@@ -144,7 +144,9 @@ impl Notifier {
         };
 
         let mut decisions = Decisions::default();
-        let text = preview(message);
+        // Only a feed item or a push needs it, and most messages (to online members,
+        // neither a mention nor a reply) get neither.
+        let mut text: Option<String> = None;
         for &user in &others {
             let relation = Relation::of(message, user, group, replied_sender);
             if let Some(kind) = relation.feed_kind() {
@@ -156,7 +158,7 @@ impl Notifier {
                     seq: message.seq,
                     message: message.id,
                     sender: message.sender,
-                    preview: text.clone(),
+                    preview: text.get_or_insert_with(|| preview(message)).clone(),
                     ts: message.ts,
                 });
             }
@@ -204,7 +206,7 @@ impl Notifier {
                 _ => name,
             };
             let body = if self.options.include_content {
-                text.clone()
+                text.get_or_insert_with(|| preview(message)).clone()
             } else {
                 "New message".to_owned()
             };
