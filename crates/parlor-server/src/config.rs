@@ -385,17 +385,13 @@ pub struct RateConfig {
 
 impl Config {
     /// Threads for the async runtime on a machine with `cores` cores: `worker_threads`
-    /// if set, else one per core, less one in embedded mode, where the store's writer
-    /// thread keeps a core busy under load (and the search indexer part of another). On
-    /// two cores, one runtime thread instead of two took server CPU per message at
-    /// 10,000 messages/s from 81 to 73.5 µs and p99 from 5.5 to 4.8 ms: fewer threads
-    /// parking and waking each other (see BENCHMARKS, "direct").
+    /// if set, else one per core. On two cores, one runtime thread (the store's writer
+    /// and the search indexer have threads of their own) took 7–14% off the server's CPU
+    /// per message and per delivery, but at 1,000 messages/s its p99 varied 0.54–3.1 ms
+    /// over seven runs against 0.58–0.69 ms with two: a single thread leaves nothing to
+    /// run the connections while it is held up. See BENCHMARKS, "direct".
     pub fn runtime_threads(&self, cores: usize) -> usize {
-        match self.worker_threads {
-            Some(threads) => threads.max(1),
-            None if self.cluster.enabled => cores.max(1),
-            None => cores.saturating_sub(1).max(1),
-        }
+        self.worker_threads.unwrap_or(cores).max(1)
     }
 }
 
@@ -705,13 +701,10 @@ mod tests {
     }
 
     #[test]
-    fn embedded_mode_leaves_a_core_to_the_store_writer() {
+    fn runtime_threads_default_to_the_cores() {
         let mut config = Config::default();
-        assert_eq!(config.runtime_threads(1), 1);
-        assert_eq!(config.runtime_threads(2), 1);
-        assert_eq!(config.runtime_threads(16), 15);
-        config.cluster.enabled = true;
         assert_eq!(config.runtime_threads(2), 2);
+        assert_eq!(config.runtime_threads(0), 1);
         config.worker_threads = Some(0);
         assert_eq!(config.runtime_threads(2), 1);
         config.worker_threads = Some(6);
