@@ -20,6 +20,9 @@ after(async () => {
 });
 
 const HOUR = 3_600_000;
+// An end time as the client shows it (en-GB, Europe/Paris): "15:04" today, "Thu 3 Dec,
+// 00:12" on another day, which "in an hour" is from 23:00 Paris time on.
+const WHEN = String.raw`(\w{3} \d{1,2} \w{3}, )?\d{1,2}:\d{2}`;
 
 /** @param {Parameters<typeof newUser>[2]} [opts] */
 async function user(opts) {
@@ -175,7 +178,7 @@ describe('notification settings', () => {
 
     const before = Date.now();
     await page.getByRole('button', { name: 'Mute for 1 hour' }).click();
-    await state.filter({ hasText: /^Muted until \d/ }).waitFor();
+    await state.filter({ hasText: new RegExp(`^Muted until ${WHEN}`) }).waitFor();
     const after = Date.now();
     const hour = await stored();
     assert.equal(hour.muted, true);
@@ -183,7 +186,7 @@ describe('notification settings', () => {
     assert.ok(hour.until >= before + HOUR && hour.until <= after + HOUR, `until ≈ now + 1 h (${hour.until - before - HOUR} ms off)`);
     // Shown in the header and in the conversation list.
     await page.locator('#conv-muted').waitFor();
-    assert.match((await page.locator('#conv-muted').getAttribute('aria-label')) ?? '', /^Muted until \d/);
+    assert.match((await page.locator('#conv-muted').getAttribute('aria-label')) ?? '', new RegExp(`^Muted until ${WHEN}:`));
     await convItem(page, 'Quiet room').and(page.locator('.is-muted')).locator('.conv-muted').waitFor();
     assert.match((await convItem(page, 'Quiet room').getAttribute('aria-label')) ?? '', /, muted$/);
     await shot(page, 'desktop-conversation-muted');
@@ -228,7 +231,7 @@ describe('notification settings', () => {
 
     const before = Date.now();
     await menu.getByRole('radio', { name: 'For 1 hour' }).check();
-    await page.locator('#dnd-state', { hasText: /^No push notifications until \d/ }).waitFor();
+    await page.locator('#dnd-state', { hasText: new RegExp(`^No push notifications until ${WHEN}`) }).waitFor();
     const after = Date.now();
     const hour = await stored();
     assert.equal(hour.do_not_disturb, true);
