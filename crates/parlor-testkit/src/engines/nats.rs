@@ -289,8 +289,22 @@ impl NatsCluster {
             .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
+    /// How many peers server `i`'s JetStream meta group knows (1 for a single server).
+    fn meta_peers(&self, i: usize) -> usize {
+        if self.servers.len() == 1 {
+            return 1;
+        }
+        self.monitor(i, "/jsz")
+            .ok()
+            .and_then(|v| v.get("meta_cluster")?.get("cluster_size")?.as_u64())
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// Waits until `only` (or every server) is healthy with routes to all other running
-    /// servers, and a meta leader exists.
+    /// servers and a meta group that knows every server, and a meta leader exists.
+    /// Routes and a leader alone are not enough: a server can report both while its
+    /// meta group still counts one peer short, and a client that asks it then sees a
+    /// smaller cluster than was launched.
     fn wait_ready(&self, only: Option<usize>) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let offsets: Vec<u64> = self.servers.iter().map(|s| log_len(&s.log)).collect();
@@ -310,10 +324,11 @@ impl NatsCluster {
                 }
             }
             let peers = (0..self.servers.len()).filter(|&j| self.is_up(j)).count();
-            let ready = targets
-                .iter()
-                .all(|&i| self.healthy(i) && self.routes(i) + 1 >= peers)
-                && self.meta_leader().is_some();
+            let ready = targets.iter().all(|&i| {
+                self.healthy(i)
+                    && self.routes(i) + 1 >= peers
+                    && self.meta_peers(i) >= self.servers.len()
+            }) && self.meta_leader().is_some();
             if ready {
                 return Ok(());
             }
@@ -326,7 +341,7 @@ impl NatsCluster {
                     })
                     .collect();
                 bail!(
-                    "NATS not ready within {}s (healthy, routed, meta leader); logs:\n{}",
+                    "NATS not ready within {}s (healthy, routed, full meta group, meta leader); logs:\n{}",
                     READY_TIMEOUT.as_secs(),
                     logs.join("\n")
                 );
