@@ -359,7 +359,7 @@ pub fn random_token(len: usize) -> String {
         .collect()
 }
 
-/// `sysconf(_SC_CLK_TCK)` through `getconf` (the workspace forbids unsafe code); it is 100
+/// `sysconf(_SC_CLK_TCK)` through `getconf` (the workspace denies unsafe code); it is 100
 /// on every Linux this runs on, which is also the fallback.
 pub fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")

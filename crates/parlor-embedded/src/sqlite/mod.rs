@@ -6,6 +6,8 @@
 mod codec;
 mod contacts;
 mod notifications;
+#[allow(unsafe_code)]
+pub mod page_cache;
 mod positions;
 mod read_pool;
 mod reader;
@@ -190,6 +192,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database under `options.data_dir` and starts the
     /// writer thread. Committed events are published to `bus`.
     pub fn open(options: StoreOptions, bus: Arc<dyn Bus>) -> anyhow::Result<Self> {
+        page_cache::install();
         std::fs::create_dir_all(&options.data_dir).map_err(|e| {
             anyhow::anyhow!(format!(
                 "cannot create data dir {}: {e}",

@@ -101,6 +101,8 @@ mod tests {
     use super::*;
 
     fn store(rows: &[(i64, i64, i64)]) -> Connection {
+        // Before SQLite starts, as in every other test of this process.
+        crate::sqlite::page_cache::install();
         let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(
             "CREATE TABLE messages (conv_id INTEGER, seq INTEGER, pos INTEGER,

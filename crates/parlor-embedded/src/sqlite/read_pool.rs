@@ -145,6 +145,8 @@ mod tests {
     fn big_table() -> (tempfile::TempDir, Arc<ReadPool>) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.db");
+        // Before SQLite starts, as in every other test of this process.
+        crate::sqlite::page_cache::install();
         let conn = Connection::open(&path).expect("open");
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

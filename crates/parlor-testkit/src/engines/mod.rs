@@ -312,7 +312,7 @@ pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Whether this process runs as root: `/proc/self` belongs to the effective user, which
-/// avoids `geteuid` (the workspace forbids `unsafe`).
+/// avoids `geteuid` (the workspace denies `unsafe`).
 pub(crate) fn is_root() -> anyhow::Result<bool> {
     let meta = std::fs::metadata("/proc/self").context("stat /proc/self")?;
     Ok(meta.uid() == 0)

@@ -3,7 +3,7 @@
 //! # Why a shell guard
 //! Shared engines live in a `static` and are never dropped, and a test binary can be
 //! killed or abort at any point, so `Drop` alone cannot guarantee that no PostgreSQL,
-//! Redis or NATS process is left behind. The workspace forbids `unsafe`, which rules out
+//! Redis or NATS process is left behind. The workspace denies `unsafe`, which rules out
 //! `prctl(PR_SET_PDEATHSIG)` from Rust (and that signal fires when the spawning *thread*
 //! exits, not the process, which would kill shared engines when their first test ends).
 //!
