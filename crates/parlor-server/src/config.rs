@@ -7,11 +7,11 @@
 //! Every key and its default is listed in `docs/configuration.md`.
 
 use parlor_core::ports::RateRule;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on for HTTP(S) and WebSocket.
@@ -49,7 +49,7 @@ pub struct Config {
 /// Notifications: who is pushed is decided by rules (see `parlor_core::notify`); this
 /// says how pushes leave. A provider without its credentials is off: registering a
 /// target for it answers `provider_not_configured`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PushConfig {
     /// Decide and send notifications at all.
@@ -71,7 +71,7 @@ pub struct PushConfig {
     pub webhook: WebhookSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebPushSettings {
     pub enabled: bool,
@@ -82,7 +82,7 @@ pub struct WebPushSettings {
     pub subject: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FcmSettings {
     /// The Firebase service-account JSON key file. Unset: FCM is off.
@@ -93,7 +93,7 @@ pub struct FcmSettings {
     pub token_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApnsSettings {
     /// The `.p8` signing key. Unset: APNs is off.
@@ -107,7 +107,7 @@ pub struct ApnsSettings {
     pub base_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
     pub enabled: bool,
@@ -156,7 +156,7 @@ impl Default for WebhookSettings {
 }
 
 /// File uploads (attachments): limits, storage and media processing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UploadsConfig {
     /// Largest file accepted, in bytes.
@@ -181,7 +181,7 @@ pub struct UploadsConfig {
     pub max_concurrent_processing: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     /// Endpoint URL of an S3-compatible service; empty means AWS for `region`.
@@ -224,7 +224,7 @@ impl Default for UploadsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Off: the embedded default (nothing external). On (or `serve --cluster`): the
@@ -256,7 +256,7 @@ pub struct ClusterConfig {
 
 /// PEM files. `ca_file` set means TLS to the engines, verified against this CA; with
 /// `cert_file` and `key_file` the node also presents a client certificate.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterTls {
     pub ca_file: Option<PathBuf>,
@@ -282,7 +282,7 @@ impl Default for ClusterConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Lifetime of access tokens (JWT, HS256).
@@ -300,7 +300,7 @@ pub struct AuthConfig {
     pub max_concurrent_hashes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_text_bytes: usize,
@@ -318,7 +318,7 @@ pub struct LimitsConfig {
     pub write_queue: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WsConfig {
     pub ping_interval_secs: u64,
@@ -331,7 +331,7 @@ pub struct WsConfig {
     pub max_inflight: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PresenceConfig {
     /// A user stays online this long after their last device disconnects, so that a
@@ -350,7 +350,7 @@ impl Default for PresenceConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub burst: u32,
@@ -366,7 +366,7 @@ impl From<Rule> for RateRule {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateConfig {
     pub login_per_ip: Rule,
@@ -492,6 +492,7 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let defaults = default_settings();
         for (key, value) in vars {
             let Some(rest) = key.strip_prefix("PARLOR_") else {
                 continue;
@@ -501,7 +502,13 @@ impl Config {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            set_path(&mut table, &path, scalar(&value));
+            let value = match lookup(&defaults, &path) {
+                // Text settings stay text: an APNs key id such as `1234567890` or
+                // `4E12345678` (a float, infinite) would otherwise be refused.
+                Some(toml::Value::String(_)) => toml::Value::String(value),
+                _ => scalar(&value),
+            };
+            set_path(&mut table, &path, value);
         }
         fill_rate_defaults(&mut table);
         let config: Config = toml::Value::Table(table)
@@ -657,6 +664,25 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     }
 }
 
+/// Every setting's default as TOML, to tell which environment values are text. Settings
+/// without a default (`Option`s that are unset) are absent; their values are typed by
+/// their look (`scalar`).
+fn default_settings() -> toml::Table {
+    match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(table)) => table,
+        _ => toml::Table::new(),
+    }
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    match (table.get(first)?, rest) {
+        (value, []) => Some(value),
+        (toml::Value::Table(inner), rest) => lookup(inner, rest),
+        _ => None,
+    }
+}
+
 fn scalar(raw: &str) -> toml::Value {
     // Lists (e.g. replica URLs) are written as TOML arrays: `["a", "b"]`.
     if raw.starts_with('[') {
@@ -709,6 +735,26 @@ mod tests {
         assert_eq!(config.runtime_threads(2), 1);
         config.worker_threads = Some(6);
         assert_eq!(config.runtime_threads(2), 6);
+    }
+
+    #[test]
+    fn text_settings_that_look_like_numbers_stay_text() {
+        assert!(
+            default_settings().contains_key("push"),
+            "every setting's default serializes"
+        );
+        let vars = [
+            ("PARLOR_PUSH__APNS__KEY_ID", "4E12345678"),
+            ("PARLOR_PUSH__APNS__TEAM_ID", "1234567890"),
+            ("PARLOR_PUSH__APNS__TOPIC", "true"),
+            ("PARLOR_WS__PING_INTERVAL_SECS", "7"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let config = Config::load(None, vars.into_iter()).expect("loads");
+        assert_eq!(config.push.apns.key_id, "4E12345678");
+        assert_eq!(config.push.apns.team_id, "1234567890");
+        assert_eq!(config.push.apns.topic, "true");
+        assert_eq!(config.ws.ping_interval_secs, 7);
     }
 
     #[test]
