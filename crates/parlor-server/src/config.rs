@@ -502,18 +502,16 @@ impl Config {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            let value = match lookup(&defaults, &path) {
+            let typed = match lookup(&defaults, &path) {
                 // Text settings stay text: an APNs key id such as `1234567890` or
                 // `4E12345678` (a float, infinite) would otherwise be refused.
                 Some(toml::Value::String(_)) => toml::Value::String(value),
                 _ => scalar(&value),
             };
-            set_path(&mut table, &path, value);
+            set_path(&mut table, &path, typed);
         }
         fill_rate_defaults(&mut table);
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let config = deserialize(table)?;
         config.validate()?;
         Ok(config)
     }
@@ -664,11 +662,23 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     }
 }
 
-/// Every setting's default as TOML, to tell which environment values are text. Settings
-/// without a default (`Option`s that are unset) are absent; their values are typed by
-/// their look (`scalar`).
+fn deserialize(table: toml::Table) -> anyhow::Result<Config> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+}
+
+/// Every setting's default as TOML, to tell which environment values are text. An unset
+/// `Option` would be absent, and its value typed by its look (`scalar`), so the optional
+/// text settings are set here to an empty text; a new one belongs in this list.
 fn default_settings() -> toml::Table {
-    match toml::Value::try_from(Config::default()) {
+    let mut probe = Config::default();
+    probe.admin_token = Some(String::new());
+    probe.auth.jwt_secret = Some(String::new());
+    probe.push.fcm.base_url = Some(String::new());
+    probe.push.fcm.token_url = Some(String::new());
+    probe.push.apns.base_url = Some(String::new());
+    match toml::Value::try_from(probe) {
         Ok(toml::Value::Table(table)) => table,
         _ => toml::Table::new(),
     }
@@ -748,6 +758,8 @@ mod tests {
             ("PARLOR_PUSH__APNS__TEAM_ID", "1234567890"),
             ("PARLOR_PUSH__APNS__TOPIC", "true"),
             ("PARLOR_WS__PING_INTERVAL_SECS", "7"),
+            ("PARLOR_ADMIN_TOKEN", "12345678901234567890123456789012345"),
+            ("PARLOR_WORKER_THREADS", "3"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
         let config = Config::load(None, vars.into_iter()).expect("loads");
@@ -755,6 +767,17 @@ mod tests {
         assert_eq!(config.push.apns.team_id, "1234567890");
         assert_eq!(config.push.apns.topic, "true");
         assert_eq!(config.ws.ping_interval_secs, 7);
+        assert_eq!(
+            config.admin_token.as_deref(),
+            Some("12345678901234567890123456789012345")
+        );
+        assert_eq!(config.worker_threads, Some(3));
+        let wrong = [("PARLOR_WORKER_THREADS".to_string(), "many".to_string())];
+        let error = Config::load(None, wrong.into_iter()).expect_err("refused");
+        assert!(
+            error.to_string().contains("invalid configuration"),
+            "{error}"
+        );
     }
 
     #[test]
