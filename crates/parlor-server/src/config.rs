@@ -672,8 +672,10 @@ fn deserialize(table: toml::Table) -> anyhow::Result<Config> {
 /// `Option` would be absent, and its value typed by its look (`scalar`), so the optional
 /// text settings are set here to an empty text; a new one belongs in this list.
 fn default_settings() -> toml::Table {
-    let mut probe = Config::default();
-    probe.admin_token = Some(String::new());
+    let mut probe = Config {
+        admin_token: Some(String::new()),
+        ..Config::default()
+    };
     probe.auth.jwt_secret = Some(String::new());
     probe.push.fcm.base_url = Some(String::new());
     probe.push.fcm.token_url = Some(String::new());
