@@ -41,7 +41,7 @@ type Destroy = unsafe extern "C" fn(*mut ffi::sqlite3_pcache);
 type Shrink = unsafe extern "C" fn(*mut ffi::sqlite3_pcache);
 
 /// The default cache's methods, read once before SQLite starts.
-struct Default {
+struct DefaultMethods {
     arg: *mut c_void,
     init: Init,
     shutdown: Shutdown,
@@ -58,10 +58,10 @@ struct Default {
 
 // SAFETY: function pointers and pcache1's argument (unused by it), never written after
 // `install` sets them.
-unsafe impl Send for Default {}
-unsafe impl Sync for Default {}
+unsafe impl Send for DefaultMethods {}
+unsafe impl Sync for DefaultMethods {}
 
-static DEFAULT: OnceLock<Default> = OnceLock::new();
+static DEFAULT: OnceLock<DefaultMethods> = OnceLock::new();
 static INSTALLED: OnceLock<bool> = OnceLock::new();
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
 static FORWARDED: AtomicU64 = AtomicU64::new(0);
@@ -136,7 +136,7 @@ unsafe fn install_now() -> bool {
     else {
         return false;
     };
-    let default = Default {
+    let default = DefaultMethods {
         arg: methods.pArg,
         init,
         shutdown,
@@ -175,7 +175,7 @@ unsafe fn install_now() -> bool {
 }
 
 /// The default methods. The wrapper's methods run only after `install_now` set them.
-fn default() -> &'static Default {
+fn default() -> &'static DefaultMethods {
     match DEFAULT.get() {
         Some(default) => default,
         // SQLite calls the wrapper only once it is configured, which happens after the set.
