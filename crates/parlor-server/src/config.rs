@@ -511,7 +511,9 @@ impl Config {
             set_path(&mut table, &path, typed);
         }
         fill_rate_defaults(&mut table);
-        let config = deserialize(table)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -660,12 +662,6 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
             }
         }
     }
-}
-
-fn deserialize(table: toml::Table) -> anyhow::Result<Config> {
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
 /// Every setting's default as TOML, to tell which environment values are text. An unset
