@@ -738,7 +738,9 @@ impl Ticker {
                 let (member, conv) = self.routes[(i % self.routes.len() as u64) as usize];
                 let t = intended(i);
                 let frame = ClientFrame::Send {
-                    cid: format!("{}.{i}.{t}", self.phase_id),
+                    // Zero-padded so that each sender's ids increase, like the time-ordered
+                    // ids a client should make (the store then skips a lookup per send).
+                    cid: format!("{:04}.{i:012}.{t}", self.phase_id),
                     conv,
                     text: self.text.clone(),
                     reply_to: None,
@@ -881,6 +883,10 @@ mod tests {
     #[test]
     fn cids_round_trip() {
         assert_eq!(parse_cid("3.17.123456789"), Some((3, 17, 123_456_789)));
+        assert_eq!(
+            parse_cid("0003.000000000017.123456789"),
+            Some((3, 17, 123_456_789))
+        );
         assert_eq!(parse_cid("x.1.2"), None);
         assert_eq!(parse_cid("1.2"), None);
     }

@@ -316,6 +316,10 @@ pub struct LimitsConfig {
     /// Writes queued for the store beyond this are refused with `unavailable` (a
     /// retryable error): the bound on how much latency overload may add.
     pub write_queue: usize,
+    /// Embedded store: client message ids held in memory before they are indexed a
+    /// sender at a time (more: fewer index pages written per message, a longer reload
+    /// after a crash).
+    pub pending_client_ids: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -444,6 +448,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 1024 * 1024,
             search_candidates: 300,
             write_queue: 65_536,
+            pending_client_ids: 8192,
         }
     }
 }

@@ -32,11 +32,23 @@ export function forgetPrefix(prefix) {
   }
 }
 
-/** A client message id: 1-64 printable ASCII characters, unique per sender. */
+let lastCidMs = 0;
+let cidsThisMs = 0;
+
+/**
+ * A client message id: 1-64 printable ASCII characters, unique per sender. Time first
+ * (milliseconds, then a counter within one, both fixed-width base 36), so that one
+ * device's ids increase and the server can skip its duplicate lookup; random after, so
+ * that two devices never collide.
+ */
 export function newCid() {
-  const bytes = new Uint8Array(12);
+  const now = Date.now();
+  cidsThisMs = now === lastCidMs ? cidsThisMs + 1 : 0;
+  lastCidMs = now;
+  const bytes = new Uint8Array(8);
   crypto.getRandomValues(bytes);
-  return 'w-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+  const random = Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+  return `w-${now.toString(36).padStart(9, '0')}${cidsThisMs.toString(36).padStart(3, '0')}-${random}`;
 }
 
 /** @param {number} ms */

@@ -62,8 +62,20 @@ async fn send_until_killed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_traffic_loses_no_acknowledged_message_and_retries_never_duplicate() {
+    kill_mid_traffic_then_retry_everything(&[]).await;
+}
+
+/// The same with the writer holding at most 16 client ids in memory: most ids have moved
+/// to the index table before the kill, the newest are reloaded from the messages above
+/// the last written floor, and a retry must find either kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_client_ids_mostly_indexed_still_never_duplicates() {
+    kill_mid_traffic_then_retry_everything(&[("PARLOR_LIMITS__PENDING_CLIENT_IDS", "16")]).await;
+}
+
+async fn kill_mid_traffic_then_retry_everything(env: &[(&str, &str)]) {
     const SENDERS: usize = 3;
-    let mut server = start(&[]);
+    let mut server = start(env);
     let http = server.http();
     let owner = user(&http, "owner").await;
     let senders = users(&http, "sender", SENDERS).await;

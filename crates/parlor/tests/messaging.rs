@@ -283,6 +283,92 @@ async fn retried_send_is_deduplicated_after_a_long_delay_and_much_traffic() {
     assert_eq!(full_history(&http, &bob.token, conv).await.len(), 302);
 }
 
+/// With the writer holding only 8 client ids in memory, most ids of 200 sends have moved
+/// to the index table: a retry finds its original wherever the id is, after a graceful
+/// restart (which indexes every id) and after the sender has left the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_find_their_original_in_memory_or_in_the_index_across_restart_and_leave() {
+    let mut server = start(&[("PARLOR_LIMITS__PENDING_CLIENT_IDS", "8")]);
+    let http = server.http();
+    let alice = user(&http, "alice").await;
+    let bob = user(&http, "bob").await;
+    let group = http
+        .create_group(&alice.token, "room", &[bob.id])
+        .await
+        .unwrap()
+        .id;
+    let direct = http.open_direct(&alice.token, bob.id).await.unwrap().id;
+    let sends: Vec<Outgoing> = (0..200)
+        .map(|i| Outgoing {
+            conv: if i % 2 == 0 { group } else { direct },
+            cid: format!("m-{i:03}"),
+            text: format!("message {i}"),
+        })
+        .collect();
+    let (mut a, _) = live(&server, &alice.token).await;
+    let mut seen = Vec::new();
+    let originals = pipeline(&mut a, &sends, 32, &mut seen).await;
+    let (mut b, _) = live(&server, &bob.token).await;
+    let bobs = pipeline(
+        &mut b,
+        &[Outgoing {
+            conv: group,
+            cid: "m-000".into(),
+            text: "the same cid from another sender is another message".into(),
+        }],
+        1,
+        &mut seen,
+    )
+    .await;
+    assert!(!bobs["m-000"].duplicate);
+
+    let check = |acks: &HashMap<String, Ack>| {
+        assert_eq!(acks.len(), sends.len());
+        for (cid, ack) in acks {
+            let original = &originals[cid];
+            assert!(ack.duplicate, "{cid}");
+            assert_eq!(
+                (ack.id, ack.conv, ack.seq, ack.pos, ack.ts),
+                (
+                    original.id,
+                    original.conv,
+                    original.seq,
+                    original.pos,
+                    original.ts
+                ),
+                "{cid}"
+            );
+        }
+    };
+    // The oldest ids are in the table by now, the newest in memory.
+    check(&pipeline(&mut a, &sends, 32, &mut seen).await);
+    drop((a, b));
+
+    server.send_sigterm().unwrap();
+    tokio::task::block_in_place(|| server.wait_exit(WAIT)).unwrap();
+    restart(&mut server);
+    let http = server.http();
+    let (mut a, _) = live(&server, &alice.token).await;
+    check(&pipeline(&mut a, &sends, 32, &mut seen).await);
+
+    http.leave(&alice.token, group).await.unwrap();
+    let group_sends: Vec<Outgoing> = sends
+        .iter()
+        .filter(|o| o.conv == group)
+        .map(|o| Outgoing {
+            conv: o.conv,
+            cid: o.cid.clone(),
+            text: o.text.clone(),
+        })
+        .collect();
+    let after_leaving = pipeline(&mut a, &group_sends, 32, &mut seen).await;
+    assert_eq!(after_leaving.len(), 100);
+    assert!(after_leaving.values().all(|ack| ack.duplicate));
+
+    assert_eq!(full_history(&http, &bob.token, group).await.len(), 101);
+    assert_eq!(full_history(&http, &bob.token, direct).await.len(), 100);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_send_is_deduplicated_after_a_server_restart() {
     let mut server = start(&[]);

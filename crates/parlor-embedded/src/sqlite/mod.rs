@@ -67,6 +67,9 @@ pub struct StoreOptions {
     pub write_queue: usize,
     /// Newest matches a search ranks (see `Limits::search_candidates`).
     pub search_candidates: u32,
+    /// Client message ids the writer holds in memory before it indexes them a sender at
+    /// a time (see `writer/client_ids.rs`).
+    pub pending_client_ids: usize,
 }
 
 impl StoreOptions {
@@ -77,6 +80,7 @@ impl StoreOptions {
             durability: Durability::Process,
             write_queue: 65_536,
             search_candidates: 300,
+            pending_client_ids: writer::DEFAULT_PENDING_CLIENT_IDS,
         }
     }
 }
@@ -220,6 +224,7 @@ impl SqliteStore {
             Arc::clone(&shared),
             bus,
             Some(Arc::clone(&search)),
+            options.pending_client_ids,
         )
         .map_err(|e| anyhow::anyhow!(format!("cannot start writer: {e}")))?;
         let (tx, rx) = mpsc::channel(options.write_queue.max(1));

@@ -144,6 +144,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX messages_by_pos;
     "#,
+    // 5: client ids leave `messages`' unique index for a table the writer fills a sender
+    // at a time, many ids per leaf (`writer/client_ids.rs`); `floor` is the position up
+    // to which every client id is in it.
+    r#"
+    CREATE TABLE message_cids (
+        sender INTEGER NOT NULL,
+        cid TEXT NOT NULL,
+        conv_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (sender, cid)
+    ) WITHOUT ROWID;
+    INSERT INTO message_cids (sender, cid, conv_id, seq)
+        SELECT sender, cid, conv_id, seq FROM messages WHERE cid IS NOT NULL;
+    DROP INDEX messages_client_id;
+    CREATE TABLE cid_index_state (id INTEGER PRIMARY KEY CHECK (id = 1), floor INTEGER NOT NULL);
+    INSERT INTO cid_index_state (id, floor) VALUES (1, (SELECT COALESCE(MAX(pos), 0) FROM messages));
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

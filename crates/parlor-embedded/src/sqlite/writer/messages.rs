@@ -48,9 +48,21 @@ impl Writer {
         Ok(seq)
     }
 
+    /// The message `sender` already stored under client id `cid`, if any: the newest ids
+    /// are in memory, older ones in `message_cids` (see `client_ids.rs`).
     pub(super) fn original(&self, sender: UserId, cid: &str) -> Result<Option<Appended>> {
+        if let Some(recent) = self.cids.get(sender, cid) {
+            return Ok(Some(Appended {
+                duplicate: true,
+                ..recent.clone()
+            }));
+        }
         self.conn
-            .prepare_cached("SELECT id, conv_id, seq, pos, created_at FROM messages WHERE sender = ?1 AND cid = ?2")
+            .prepare_cached(
+                "SELECT m.id, m.conv_id, m.seq, m.pos, m.created_at FROM message_cids c
+                 JOIN messages m ON m.conv_id = c.conv_id AND m.seq = c.seq
+                 WHERE c.sender = ?1 AND c.cid = ?2",
+            )
             .and_then(|mut s| {
                 s.query_row(params![sender.0 as i64, cid], |r| {
                     Ok(Appended {
@@ -67,27 +79,19 @@ impl Writer {
             .map_err(db_err)
     }
 
-    pub(super) fn append(&mut self, message: NewMessage) -> Result<Appended> {
-        let NewMessage {
-            conv,
-            sender,
-            cid,
-            text,
-            reply_to,
-            mentions,
-            mention_all,
-            attachments: attachment_ids,
-        } = message;
+    /// Checks a new message against the conversation; returns its attachments.
+    fn admit(
+        &mut self,
+        conv: ConvId,
+        sender: UserId,
+        reply_to: Option<u64>,
+        mentions: &[UserId],
+        mention_all: bool,
+        attachment_ids: &[Id],
+    ) -> Result<Vec<parlor_proto::rest::AttachmentView>> {
         let is_member =
             matches!(self.conv(conv)?, Some(state) if state.roles.contains_key(&sender));
         if !is_member {
-            // A late retry of a stored message still gets its acknowledgement, even if
-            // the sender has left since.
-            if let Some(cid) = &cid {
-                if let Some(original) = self.original(sender, cid)? {
-                    return Ok(original);
-                }
-            }
             return Err(match self.convs.contains_key(&conv) {
                 true => Error::not_member(),
                 false => Error::not_found("conversation not found"),
@@ -116,7 +120,7 @@ impl Writer {
             return Err(Error::new(ErrorCode::BadRequest, "@all is only for groups"));
         }
         let mut attachments = Vec::with_capacity(attachment_ids.len());
-        for &upload in &attachment_ids {
+        for &upload in attachment_ids {
             let record = super::super::uploads::load_upload(&self.conn, upload).map_err(db_err)?;
             attachments.push(parlor_core::uploads::may_attach(
                 sender,
@@ -124,6 +128,48 @@ impl Writer {
                 record.as_ref(),
             )?);
         }
+        Ok(attachments)
+    }
+
+    pub(super) fn append(&mut self, message: NewMessage) -> Result<Appended> {
+        let NewMessage {
+            conv,
+            sender,
+            cid,
+            text,
+            reply_to,
+            mentions,
+            mention_all,
+            attachments: attachment_ids,
+        } = message;
+        // A retry of a stored message gets its original acknowledgement even if the
+        // sender has left since or the message would be refused now. The newest ids are
+        // in memory; older ones are looked up only when a check fails or by the INSERT's
+        // own guard, so a new message costs no separate lookup.
+        if let Some(recent) = cid.as_deref().and_then(|c| self.cids.get(sender, c)) {
+            return Ok(Appended {
+                duplicate: true,
+                ..recent.clone()
+            });
+        }
+        let attachments = match self.admit(
+            conv,
+            sender,
+            reply_to,
+            &mentions,
+            mention_all,
+            &attachment_ids,
+        ) {
+            Ok(attachments) => attachments,
+            Err(refused) => {
+                if let Some(cid) = &cid {
+                    if let Some(original) = self.original(sender, cid)? {
+                        return Ok(original);
+                    }
+                }
+                return Err(refused);
+            }
+        };
         let Some(state) = self.convs.get(&conv) else {
             return Err(Error::internal());
         };
@@ -139,12 +185,24 @@ impl Writer {
                 .collect::<Vec<_>>()
                 .join(" ")
         });
+        let guarded = match &cid {
+            Some(cid) => self
+                .cids
+                .may_be_indexed(&self.conn, sender, cid)
+                .map_err(db_err)?,
+            None => false,
+        };
+        let insert = if guarded {
+            "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all, attachments)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12
+             WHERE NOT EXISTS (SELECT 1 FROM message_cids WHERE sender = ?5 AND cid = ?6)"
+        } else {
+            "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all, attachments)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        };
         let inserted = self
             .conn
-            .prepare_cached(
-                "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all, attachments)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT(sender, cid) DO NOTHING",
-            )
+            .prepare_cached(insert)
             .and_then(|mut s| {
                 s.execute(params![
                     conv.0 as i64,
@@ -198,6 +256,17 @@ impl Writer {
             state.last_seq = seq;
         }
         self.sender_reads.insert((conv, sender), seq);
+        let appended = Appended {
+            id: Id(id),
+            conv,
+            seq,
+            pos,
+            ts,
+            duplicate: false,
+        };
+        if let Some(cid) = &cid {
+            self.cids.insert(sender, cid.clone(), appended.clone());
+        }
         if self.search.is_some() {
             self.index_ops.push((
                 pos,
@@ -234,14 +303,7 @@ impl Writer {
                 },
             }),
         });
-        Ok(Appended {
-            id: Id(id),
-            conv,
-            seq,
-            pos,
-            ts,
-            duplicate: false,
-        })
+        Ok(appended)
     }
 
     /// The stored message `seq` of `conv`: (id, sender, deleted).

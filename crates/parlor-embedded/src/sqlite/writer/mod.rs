@@ -26,12 +26,14 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 mod accounts;
+mod client_ids;
 mod conversations;
 mod messages;
 mod uploads;
 
 /// Upper bound of commands per transaction; keeps the commit latency bounded under load.
 pub const MAX_BATCH: usize = 4096;
+pub use client_ids::DEFAULT_TARGET as DEFAULT_PENDING_CLIENT_IDS;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -180,6 +182,7 @@ pub struct Writer {
     events: Vec<Event>,
     replies: Vec<Box<dyn FnOnce(bool) + Send>>,
     sender_reads: HashMap<(ConvId, UserId), u64>,
+    cids: client_ids::PendingCids,
     stopping: bool,
     search: Option<Arc<SearchIndex>>,
     index_ops: Vec<(u64, IndexOp)>,
@@ -207,6 +210,7 @@ impl Writer {
         shared: Arc<Shared>,
         bus: Arc<dyn Bus>,
         search: Option<Arc<SearchIndex>>,
+        pending_client_ids: usize,
     ) -> rusqlite::Result<Self> {
         let mut ids = Snowflake::new(machine);
         let pos: u64 = conn.query_row(
@@ -235,6 +239,13 @@ impl Writer {
             ids.observe(max as u64);
         }
         shared.head.store(pos, Ordering::Release);
+        let cids = client_ids::PendingCids::load(&conn, pending_client_ids)?;
+        if cids.len() > 0 {
+            tracing::info!(
+                ids = cids.len(),
+                "reloaded client message ids not yet indexed"
+            );
+        }
         Ok(Writer {
             conn,
             ids,
@@ -245,6 +256,7 @@ impl Writer {
             events: Vec::new(),
             replies: Vec::new(),
             sender_reads: HashMap::new(),
+            cids,
             stopping: false,
             search,
             index_ops: Vec::new(),
@@ -267,7 +279,21 @@ impl Writer {
                 break;
             }
         }
-        // Shutdown requested or every sender gone: leave a compact database behind.
+        // Shutdown requested or every sender gone: leave a compact database behind, with
+        // every client id indexed so that the next start has none to reload.
+        let pos = self.pos;
+        let indexed = self.conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+            self.cids
+                .write_all(&self.conn, pos)
+                .and_then(|()| self.conn.execute_batch("COMMIT"))
+        });
+        match indexed {
+            Ok(()) => self.cids.committed(),
+            Err(e) => {
+                tracing::warn!(error = %e, "indexing client ids at shutdown failed");
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+        }
         if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
             tracing::warn!(error = %e, "final checkpoint failed");
         }
@@ -287,14 +313,20 @@ impl Writer {
         for command in batch.drain(..) {
             self.execute(command);
         }
+        let pos = self.pos;
         let committed = self
             .flush_sender_reads()
+            .and_then(|()| self.cids.write_due(&self.conn, pos))
             .and_then(|()| self.conn.execute_batch("COMMIT"));
         let ok = match committed {
-            Ok(()) => true,
+            Ok(()) => {
+                self.cids.committed();
+                true
+            }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed, batch rolled back");
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.cids.rolled_back(start_pos);
                 self.pos = start_pos;
                 self.convs.clear();
                 self.shared.members.write().clear();
