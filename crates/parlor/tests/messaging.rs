@@ -352,15 +352,7 @@ async fn retries_find_their_original_in_memory_or_in_the_index_across_restart_an
     check(&pipeline(&mut a, &sends, 32, &mut seen).await);
 
     http.leave(&alice.token, group).await.unwrap();
-    let group_sends: Vec<Outgoing> = sends
-        .iter()
-        .filter(|o| o.conv == group)
-        .map(|o| Outgoing {
-            conv: o.conv,
-            cid: o.cid.clone(),
-            text: o.text.clone(),
-        })
-        .collect();
+    let group_sends: Vec<Outgoing> = sends.iter().filter(|o| o.conv == group).cloned().collect();
     let after_leaving = pipeline(&mut a, &group_sends, 32, &mut seen).await;
     assert_eq!(after_leaving.len(), 100);
     assert!(after_leaving.values().all(|ack| ack.duplicate));
