@@ -75,6 +75,7 @@ fn embedded(config: &Config) -> anyhow::Result<Backends> {
             search_candidates: config.limits.search_candidates,
             write_queue: config.limits.write_queue.max(1),
             pending_client_ids: config.limits.pending_client_ids.max(1),
+            pending_messages: config.limits.pending_messages.max(1),
             ..StoreOptions::new(&config.data_dir)
         },
         Arc::clone(&bus),

@@ -320,6 +320,10 @@ pub struct LimitsConfig {
     /// sender at a time (more: fewer index pages written per message, a longer reload
     /// after a crash).
     pub pending_client_ids: usize,
+    /// Embedded store: new messages kept in the position-ordered tail before the oldest
+    /// conversation's are copied into the conversation-clustered table together (more:
+    /// fewer pages written per message, a longer scan for each read).
+    pub pending_messages: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -449,6 +453,7 @@ impl Default for LimitsConfig {
             search_candidates: 300,
             write_queue: 65_536,
             pending_client_ids: 8192,
+            pending_messages: 1024,
         }
     }
 }

@@ -16,6 +16,10 @@ use tempfile::TempDir;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Set to a few messages for every test server unless the test or the caller's
+/// environment sets it.
+const PENDING_MESSAGES_ENV: &str = "PARLOR_LIMITS__PENDING_MESSAGES";
+
 /// Rate rules the test kit relaxes by default (see [`relaxed_rate_limits`]).
 pub const RELAXED_RATE_RULES: &[&str] = &[
     "REGISTER_PER_IP",
@@ -80,8 +84,9 @@ pub fn default_backend() -> anyhow::Result<Backend> {
 pub struct ServerOptions {
     /// Serve HTTPS/WSS with a throwaway self-signed certificate.
     pub tls: bool,
-    /// Extra environment variables. `RUST_LOG` defaults to `warn` unless given here, and
-    /// rate limits are relaxed unless given here (see [`relaxed_rate_limits`]).
+    /// Extra environment variables. `RUST_LOG` defaults to `warn` unless given here, rate
+    /// limits are relaxed unless given here (see [`relaxed_rate_limits`]), and the
+    /// embedded store's message tail is 4 messages long.
     pub env: Vec<(String, String)>,
     /// Extra command-line arguments, appended after the ones the test kit passes.
     pub args: Vec<String>,
@@ -387,6 +392,13 @@ fn spawn(
         cmd.env("RUST_LOG", "warn");
     }
     cmd.envs(relaxed_rate_limits(&opts.env));
+    // A tail of a few messages, so that every test reads the embedded store's messages
+    // from both of its tables (`writer/tail.rs` in parlor-embedded), not only the tail.
+    if !opts.env.iter().any(|(k, _)| k == PENDING_MESSAGES_ENV)
+        && std::env::var_os(PENDING_MESSAGES_ENV).is_none()
+    {
+        cmd.env(PENDING_MESSAGES_ENV, "4");
+    }
     cmd.envs(opts.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -73,6 +73,13 @@ async fn sigkill_with_client_ids_mostly_indexed_still_never_duplicates() {
     kill_mid_traffic_then_retry_everything(&[("PARLOR_LIMITS__PENDING_CLIENT_IDS", "16")]).await;
 }
 
+/// The same with a long message tail: many messages are only in `message_tail` when the
+/// process dies (the test kit's default is 4), and the writer reloads them as pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_many_messages_pending_in_the_tail_loses_none() {
+    kill_mid_traffic_then_retry_everything(&[("PARLOR_LIMITS__PENDING_MESSAGES", "300")]).await;
+}
+
 async fn kill_mid_traffic_then_retry_everything(env: &[(&str, &str)]) {
     const SENDERS: usize = 3;
     let mut server = start(env);

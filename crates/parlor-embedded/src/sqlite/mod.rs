@@ -5,6 +5,8 @@
 
 mod codec;
 mod contacts;
+#[cfg(test)]
+mod message_view_tests;
 mod notifications;
 #[allow(unsafe_code)]
 pub mod page_cache;
@@ -70,6 +72,9 @@ pub struct StoreOptions {
     /// Client message ids the writer holds in memory before it indexes them a sender at
     /// a time (see `writer/client_ids.rs`).
     pub pending_client_ids: usize,
+    /// New messages pending in the position-ordered tail before the oldest conversation
+    /// is copied into the conversation-clustered table (see `writer/tail.rs`).
+    pub pending_messages: usize,
 }
 
 impl StoreOptions {
@@ -81,6 +86,7 @@ impl StoreOptions {
             write_queue: 65_536,
             search_candidates: 300,
             pending_client_ids: writer::DEFAULT_PENDING_CLIENT_IDS,
+            pending_messages: writer::DEFAULT_PENDING_MESSAGES,
         }
     }
 }
@@ -225,6 +231,7 @@ impl SqliteStore {
             bus,
             Some(Arc::clone(&search)),
             options.pending_client_ids,
+            options.pending_messages,
         )
         .map_err(|e| anyhow::anyhow!(format!("cannot start writer: {e}")))?;
         let (tx, rx) = mpsc::channel(options.write_queue.max(1));

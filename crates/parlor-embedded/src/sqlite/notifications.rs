@@ -580,7 +580,7 @@ pub async fn unread_messages(reads: &Arc<ReadPool>, user: UserId) -> Result<u64>
     reads
         .run(move |conn| {
             conn.prepare_cached(
-                "SELECT COALESCE(SUM(MAX(0, COALESCE((SELECT MAX(seq) FROM messages WHERE conv_id = m.conv_id), 0) - m.read_seq)), 0)
+                "SELECT COALESCE(SUM(MAX(0, COALESCE((SELECT seq FROM messages WHERE conv_id = m.conv_id ORDER BY seq DESC LIMIT 1), 0) - m.read_seq)), 0)
                  FROM members m WHERE m.user_id = ?1 AND m.left_pos IS NULL",
             )
             .and_then(|mut s| s.query_row([user.0 as i64], |r| r.get::<_, i64>(0)))

@@ -1,13 +1,18 @@
 //! From positions to sequence numbers within one conversation.
 //!
 //! Sync, the notification queue and the search indexer ask for a conversation's messages
-//! by position (`pos`), but messages are stored clustered by `(conv_id, seq)` and have no
+//! by position (`pos`), but `message_rows` is clustered by `(conv_id, seq)` and has no
 //! index on `pos`: it would be one more B-tree page written per conversation in every
-//! group commit. None is needed, because the one writer assigns both numbers in the same
-//! commit order, so within a conversation `pos` grows with `seq`. A position bound is
-//! therefore a sequence bound, found by a search over the primary key: galloping back
-//! from the newest message, so a device that missed k messages costs about 2·log₂ k
-//! lookups, then bisecting.
+//! copy. None is needed, because the one writer assigns both numbers in the same commit
+//! order, so within a conversation `pos` grows with `seq`. A position bound is therefore
+//! a sequence bound, found by a search over the primary key: galloping back from the
+//! newest message, so a device that missed k messages costs about 2·log₂ k lookups, then
+//! bisecting.
+//!
+//! A conversation's newest messages may still be only in `message_tail` (see
+//! `writer/tail.rs`), and they follow every message of it in `message_rows`. The search
+//! therefore probes `message_rows` alone, and a bound past its newest message is looked
+//! up in the tail with one scan, instead of a tail scan per probe through the view.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -22,12 +27,22 @@ pub fn seq_range(
     upto: u64,
     known: Option<(u64, u64)>,
 ) -> rusqlite::Result<Option<(u64, u64)>> {
-    let newest = conn
+    let copied = conn
         .prepare_cached(
-            "SELECT seq, pos FROM messages WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, pos FROM message_rows WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1",
         )?
         .query_row([conv], row)
         .optional()?;
+    let in_tail = conn
+        .prepare_cached(
+            "SELECT seq, pos FROM message_tail WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([conv], row)
+        .optional()?;
+    let newest = match (copied, in_tail) {
+        (Some(a), Some(b)) => Some(if b.seq > a.seq { b } else { a }),
+        (a, b) => a.or(b),
+    };
     let Some(newest) = newest else {
         return Ok(None);
     };
@@ -36,13 +51,32 @@ pub fn seq_range(
     }
     let first = match known {
         Some((pos, seq)) if pos == after => seq + 1,
-        _ => first_past(conn, conv, after, newest)?,
+        _ => first_past(conn, conv, after, copied, newest)?,
     };
     let last = match newest.pos <= upto {
         true => newest.seq,
-        false => first_past(conn, conv, upto, newest)?.saturating_sub(1),
+        false => first_past(conn, conv, upto, copied, newest)?.saturating_sub(1),
     };
     Ok((first <= last).then_some((first, last)))
+}
+
+/// The `seq` of the oldest message of `conv` with `pos > bound`, given that `newest` is
+/// past it; `copied` is the newest message of `conv` in `message_rows`.
+fn first_past(
+    conn: &Connection,
+    conv: i64,
+    bound: u64,
+    copied: Option<Found>,
+    newest: Found,
+) -> rusqlite::Result<u64> {
+    match copied {
+        Some(copied) if copied.pos > bound => search_copied(conn, conv, bound, copied),
+        // Every message past the bound is newer than the copied ones: in the tail.
+        _ => Ok(conn
+            .prepare_cached("SELECT MIN(seq) FROM message_tail WHERE conv_id = ?1 AND pos > ?2")?
+            .query_row(params![conv, bound as i64], |r| r.get::<_, Option<i64>>(0))?
+            .map_or(newest.seq + 1, |seq| seq as u64)),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -58,13 +92,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Found> {
     })
 }
 
-/// The `seq` of the oldest message of `conv` with `pos > bound`, given one such message
-/// (`newest`). Searches over probe points `x`: "the first message at or after `seq = x`
-/// is past the bound" is false up to some `x` and true from there on, whether or not the
-/// sequence has holes.
-fn first_past(conn: &Connection, conv: i64, bound: u64, newest: Found) -> rusqlite::Result<u64> {
+/// The `seq` of the oldest message of `conv` in `message_rows` with `pos > bound`, given
+/// one such message (`newest`). Searches over probe points `x`: "the first message at or
+/// after `seq = x` is past the bound" is false up to some `x` and true from there on,
+/// whether or not the sequence has holes.
+fn search_copied(conn: &Connection, conv: i64, bound: u64, newest: Found) -> rusqlite::Result<u64> {
     let mut probe = conn.prepare_cached(
-        "SELECT seq, pos FROM messages WHERE conv_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
+        "SELECT seq, pos FROM message_rows WHERE conv_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
     )?;
     let mut at = |x: u64| -> rusqlite::Result<Option<Found>> {
         probe.query_row(params![conv, x as i64], row).optional()
@@ -100,21 +134,42 @@ fn first_past(conn: &Connection, conv: i64, bound: u64, newest: Found) -> rusqli
 mod tests {
     use super::*;
 
-    fn store(rows: &[(i64, i64, i64)]) -> Connection {
+    /// `rows` as the writer leaves them: each conversation's last `uncopied` messages only
+    /// in the tail, the `uncopied` before those in both tables, the rest copied.
+    fn store(rows: &[(i64, i64, i64)], uncopied: usize) -> Connection {
         // Before SQLite starts, as in every other test of this process.
         crate::sqlite::page_cache::install();
         let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(
-            "CREATE TABLE messages (conv_id INTEGER, seq INTEGER, pos INTEGER,
-             PRIMARY KEY (conv_id, seq)) WITHOUT ROWID",
+            "CREATE TABLE message_rows (conv_id INTEGER, seq INTEGER, pos INTEGER,
+             PRIMARY KEY (conv_id, seq)) WITHOUT ROWID;
+             CREATE TABLE message_tail (pos INTEGER PRIMARY KEY, conv_id INTEGER, seq INTEGER);",
         )
         .expect("schema");
+        // Rows come in sequence order within each conversation.
+        let mut left = std::collections::HashMap::new();
+        for (conv, _, _) in rows {
+            *left.entry(*conv).or_insert(0usize) += 1;
+        }
         for (conv, seq, pos) in rows {
-            conn.execute(
-                "INSERT INTO messages VALUES (?1, ?2, ?3)",
-                params![conv, seq, pos],
-            )
-            .expect("insert");
+            let newer = left.get_mut(conv).map_or(0, |n| {
+                *n -= 1;
+                *n
+            });
+            if newer >= uncopied {
+                conn.execute(
+                    "INSERT INTO message_rows VALUES (?1, ?2, ?3)",
+                    params![conv, seq, pos],
+                )
+                .expect("insert");
+            }
+            if newer < 2 * uncopied {
+                conn.execute(
+                    "INSERT INTO message_tail VALUES (?3, ?1, ?2)",
+                    params![conv, seq, pos],
+                )
+                .expect("insert");
+            }
         }
         conn
     }
@@ -152,16 +207,18 @@ mod tests {
                 next_b += if next_b == 4 { 3 } else { 1 };
             }
         }
-        let conn = store(&rows);
-        for conv in [1, 2, 3] {
-            for after in 0..=pos as u64 + 1 {
-                for upto in [after, after + 1, after + 7, pos as u64, u64::MAX] {
-                    let range = seq_range(&conn, conv, after, upto, None).expect("search");
-                    assert_eq!(
-                        in_range(&rows, conv, range),
-                        scanned(&rows, conv, after, upto),
-                        "conv {conv}, after {after}, upto {upto}"
-                    );
+        for uncopied in [0, 1, 4, 100] {
+            let conn = store(&rows, uncopied);
+            for conv in [1, 2, 3] {
+                for after in 0..=pos as u64 + 1 {
+                    for upto in [after, after + 1, after + 7, pos as u64, u64::MAX] {
+                        let range = seq_range(&conn, conv, after, upto, None).expect("search");
+                        assert_eq!(
+                            in_range(&rows, conv, range),
+                            scanned(&rows, conv, after, upto),
+                            "conv {conv}, after {after}, upto {upto}, {uncopied} uncopied"
+                        );
+                    }
                 }
             }
         }
@@ -170,7 +227,7 @@ mod tests {
     #[test]
     fn a_known_message_at_the_bound_starts_the_range_after_it() {
         let rows: Vec<_> = (1..=10).map(|s| (1, s, 3 * s)).collect();
-        let conn = store(&rows);
+        let conn = store(&rows, 3);
         assert_eq!(
             seq_range(&conn, 1, 12, 30, Some((12, 4))).expect("search"),
             Some((5, 10))
@@ -189,7 +246,7 @@ mod tests {
     #[test]
     fn bounds_deep_in_a_long_conversation() {
         let rows: Vec<_> = (1..=100_000).map(|s| (7, s, 2 * s)).collect();
-        let conn = store(&rows);
+        let conn = store(&rows, 3);
         assert_eq!(
             seq_range(&conn, 7, 2 * 99_990, u64::MAX, None).expect("search"),
             Some((99_991, 100_000))

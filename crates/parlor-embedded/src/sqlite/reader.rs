@@ -123,7 +123,7 @@ pub fn conversation(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<C
         return Err(Error::not_member());
     }
     let last_seq: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conv_id = ?1")
+        .prepare_cached("SELECT COALESCE((SELECT seq FROM messages WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1), 0)")
         .and_then(|mut s| s.query_row([conv.0 as i64], |r| r.get(0)))
         .map_err(db_err)?;
     Ok(ConversationDetail {
@@ -137,7 +137,7 @@ pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<Conversati
     let mut stmt = conn
         .prepare_cached(
             "SELECT c.id, c.kind, c.name, c.created_at, c.member_count, m.read_seq,
-                    (SELECT MAX(seq) FROM messages WHERE conv_id = c.id)
+                    (SELECT seq FROM messages WHERE conv_id = c.id ORDER BY seq DESC LIMIT 1)
              FROM members m JOIN conversations c ON c.id = m.conv_id
              WHERE m.user_id = ?1 AND m.left_pos IS NULL",
         )
@@ -524,7 +524,7 @@ pub fn receipts(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<Recei
         });
     }
     let last_seq: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conv_id = ?1")
+        .prepare_cached("SELECT COALESCE((SELECT seq FROM messages WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1), 0)")
         .and_then(|mut s| s.query_row([conv.0 as i64], |r| r.get(0)))
         .map_err(db_err)?;
     let last_seq = last_seq as u64;

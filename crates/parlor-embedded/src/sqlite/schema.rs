@@ -161,6 +161,38 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE cid_index_state (id INTEGER PRIMARY KEY CHECK (id = 1), floor INTEGER NOT NULL);
     INSERT INTO cid_index_state (id, floor) VALUES (1, (SELECT COALESCE(MAX(pos), 0) FROM messages));
     "#,
+    // 6: new messages are appended by position to `message_tail` and copied into the
+    // conversation-clustered table a conversation at a time (`writer/tail.rs`); readers
+    // see both through the `messages` view. A tail row already copied is hidden by the
+    // view until the writer deletes the tail's copied prefix.
+    r#"
+    ALTER TABLE messages RENAME TO message_rows;
+    CREATE TABLE message_tail (
+        pos INTEGER PRIMARY KEY,
+        conv_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        id INTEGER NOT NULL,
+        sender INTEGER NOT NULL,
+        cid TEXT,
+        body TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        reply_to INTEGER,
+        mentions TEXT,
+        mention_all INTEGER NOT NULL DEFAULT 0,
+        edited_at INTEGER,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        attachments TEXT
+    );
+    CREATE VIEW messages AS
+        SELECT conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions,
+               mention_all, edited_at, deleted, attachments
+        FROM message_rows
+        UNION ALL
+        SELECT conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions,
+               mention_all, edited_at, deleted, attachments
+        FROM message_tail t
+        WHERE NOT EXISTS (SELECT 1 FROM message_rows r WHERE r.conv_id = t.conv_id AND r.seq = t.seq);
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -173,4 +205,48 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tracing::info!(version = index + 1, "applied schema migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_6_keeps_every_message_and_shows_it_through_the_view() {
+        crate::sqlite::page_cache::install();
+        let mut conn = Connection::open_in_memory().expect("open");
+        for (index, sql) in MIGRATIONS.iter().enumerate().take(5) {
+            conn.execute_batch(sql).expect("older migration");
+            conn.pragma_update(None, "user_version", index + 1)
+                .expect("version");
+        }
+        conn.execute_batch(
+            "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, edited_at)
+             VALUES (1, 1, 10, 1, 5, 'a', 'one', 0, NULL), (1, 2, 11, 3, 5, NULL, 'two', 0, 7),
+                    (2, 1, 12, 2, 6, 'b', 'three', 0, NULL);",
+        )
+        .expect("v5 rows");
+        migrate(&mut conn).expect("migrate");
+        let rows: Vec<(i64, i64, i64, String, Option<i64>)> = conn
+            .prepare("SELECT conv_id, seq, pos, body, edited_at FROM messages ORDER BY pos")
+            .expect("prepare")
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (1, 1, 1, "one".to_owned(), None),
+                (2, 1, 2, "three".to_owned(), None),
+                (1, 2, 3, "two".to_owned(), Some(7)),
+            ]
+        );
+        let in_tail: i64 = conn
+            .query_row("SELECT COUNT(*) FROM message_tail", [], |r| r.get(0))
+            .expect("tail");
+        assert_eq!(in_tail, 0);
+    }
 }

@@ -310,7 +310,7 @@ mod tests {
     fn send(conn: &Connection, pending: &mut PendingCids, sender: u64, seq: u64) {
         let cid = format!("c{seq:04}");
         conn.execute(
-            "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at)
+            "INSERT INTO message_rows (conv_id, seq, id, pos, sender, cid, body, created_at)
              VALUES (7, ?1, ?2, ?1, ?3, ?4, '', 0)",
             params![seq as i64, 1000 + seq as i64, sender as i64, cid],
         )

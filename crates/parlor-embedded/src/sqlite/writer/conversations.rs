@@ -38,7 +38,7 @@ impl Writer {
             }
             let last_seq: i64 = self
                 .conn
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conv_id = ?1")
+                .prepare_cached("SELECT COALESCE((SELECT seq FROM messages WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1), 0)")
                 .and_then(|mut s| s.query_row([conv.0 as i64], |r| r.get(0)))
                 .map_err(db_err)?;
             let mut state = ConvState {

@@ -192,12 +192,13 @@ impl Writer {
                 .map_err(db_err)?,
             None => false,
         };
+        // Appended to the tail, copied into `message_rows` later (see `tail.rs`).
         let insert = if guarded {
-            "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all, attachments)
+            "INSERT INTO message_tail (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all, attachments)
              SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12
              WHERE NOT EXISTS (SELECT 1 FROM message_cids WHERE sender = ?5 AND cid = ?6)"
         } else {
-            "INSERT INTO messages (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all, attachments)
+            "INSERT INTO message_tail (conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, mention_all, attachments)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         };
         let inserted = self
@@ -252,6 +253,7 @@ impl Writer {
             }
         }
         self.pos = pos;
+        self.tail.appended(conv.0 as i64, pos);
         if let Some(state) = self.convs.get_mut(&conv) {
             state.last_seq = seq;
         }
@@ -374,7 +376,7 @@ impl Writer {
         let at = now_ms();
         self.conn
             .prepare_cached(
-                "UPDATE messages SET body = ?3, edited_at = ?4 WHERE conv_id = ?1 AND seq = ?2",
+                "UPDATE message_rows SET body = ?3, edited_at = ?4 WHERE conv_id = ?1 AND seq = ?2",
             )
             .and_then(|mut s| s.execute(params![conv.0 as i64, seq as i64, text, at]))
             .map_err(db_err)?;
@@ -447,7 +449,7 @@ impl Writer {
         // The text leaves the store: a tombstone keeps only who and when.
         self.conn
             .prepare_cached(
-                "UPDATE messages SET body = '', mentions = NULL, mention_all = 0, reply_to = NULL, deleted = 1,
+                "UPDATE message_rows SET body = '', mentions = NULL, mention_all = 0, reply_to = NULL, deleted = 1,
                         attachments = NULL
                  WHERE conv_id = ?1 AND seq = ?2",
             )

@@ -29,11 +29,13 @@ mod accounts;
 mod client_ids;
 mod conversations;
 mod messages;
+mod tail;
 mod uploads;
 
 /// Upper bound of commands per transaction; keeps the commit latency bounded under load.
 pub const MAX_BATCH: usize = 4096;
 pub use client_ids::DEFAULT_TARGET as DEFAULT_PENDING_CLIENT_IDS;
+pub use tail::DEFAULT_TARGET as DEFAULT_PENDING_MESSAGES;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -183,6 +185,7 @@ pub struct Writer {
     replies: Vec<Box<dyn FnOnce(bool) + Send>>,
     sender_reads: HashMap<(ConvId, UserId), u64>,
     cids: client_ids::PendingCids,
+    tail: tail::Tail,
     stopping: bool,
     search: Option<Arc<SearchIndex>>,
     index_ops: Vec<(u64, IndexOp)>,
@@ -211,6 +214,7 @@ impl Writer {
         bus: Arc<dyn Bus>,
         search: Option<Arc<SearchIndex>>,
         pending_client_ids: usize,
+        pending_messages: usize,
     ) -> rusqlite::Result<Self> {
         let mut ids = Snowflake::new(machine);
         let pos: u64 = conn.query_row(
@@ -218,6 +222,7 @@ impl Writer {
             // `positions.rs`), so this reads one row per conversation, not every message.
             "SELECT MAX(COALESCE((SELECT MAX((SELECT pos FROM messages m WHERE m.conv_id = c.id
                                               ORDER BY m.seq DESC LIMIT 1)) FROM conversations c), 0),
+                        COALESCE((SELECT MAX(pos) FROM message_tail), 0),
                         COALESCE((SELECT MAX(pos) FROM member_events), 0),
                         COALESCE((SELECT MAX(pos) FROM message_changes), 0),
                         COALESCE((SELECT MAX(read_pos) FROM members), 0))",
@@ -246,7 +251,15 @@ impl Writer {
                 "reloaded client message ids not yet indexed"
             );
         }
+        let tail = tail::Tail::load(&conn, pending_messages)?;
+        if tail.pending() > 0 {
+            tracing::info!(
+                messages = tail.pending(),
+                "reloaded messages not yet copied from the tail"
+            );
+        }
         Ok(Writer {
+            tail,
             conn,
             ids,
             pos,
@@ -280,11 +293,13 @@ impl Writer {
             }
         }
         // Shutdown requested or every sender gone: leave a compact database behind, with
-        // every client id indexed so that the next start has none to reload.
+        // every message in `message_rows` and every client id indexed, so that the next
+        // start has nothing to reload.
         let pos = self.pos;
         let indexed = self.conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-            self.cids
-                .write_all(&self.conn, pos)
+            self.tail
+                .copy_all(&self.conn, pos)
+                .and_then(|()| self.cids.write_all(&self.conn, pos))
                 .and_then(|()| self.conn.execute_batch("COMMIT"))
         });
         match indexed {
@@ -316,6 +331,7 @@ impl Writer {
         let pos = self.pos;
         let committed = self
             .flush_sender_reads()
+            .and_then(|()| self.tail.copy_due(&self.conn, pos))
             .and_then(|()| self.cids.write_due(&self.conn, pos))
             .and_then(|()| self.conn.execute_batch("COMMIT"));
         let ok = match committed {
@@ -327,6 +343,7 @@ impl Writer {
                 tracing::error!(error = %e, "commit failed, batch rolled back");
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.cids.rolled_back(start_pos);
+                self.tail.reload(&self.conn);
                 self.pos = start_pos;
                 self.convs.clear();
                 self.shared.members.write().clear();
@@ -510,7 +527,9 @@ impl Writer {
                 text,
                 reply,
             } => {
-                let result = self.savepoint(|w| w.edit(actor, conv, seq, text));
+                let result = self
+                    .copy_conv(conv)
+                    .and_then(|()| self.savepoint(|w| w.edit(actor, conv, seq, text)));
                 self.finish(reply, result)
             }
             Command::Delete {
@@ -519,7 +538,9 @@ impl Writer {
                 seq,
                 reply,
             } => {
-                let result = self.savepoint(|w| w.delete(actor, conv, seq));
+                let result = self
+                    .copy_conv(conv)
+                    .and_then(|()| self.savepoint(|w| w.delete(actor, conv, seq)));
                 self.finish(reply, result)
             }
             Command::Delivered {
@@ -571,6 +592,14 @@ impl Writer {
         };
         self.conn.execute_batch(end).map_err(db_err)?;
         result
+    }
+
+    /// Edits and deletes update `message_rows` only, so the conversation's tail rows are
+    /// copied first, outside the command's savepoint (see `tail.rs`).
+    fn copy_conv(&mut self, conv: ConvId) -> Result<()> {
+        self.tail
+            .copy_conv(&self.conn, conv.0 as i64)
+            .map_err(db_err)
     }
 
     fn next_pos(&mut self) -> u64 {
