@@ -16,6 +16,38 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// An inclusive range of sequence numbers of one conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    pub first: u64,
+    pub last: u64,
+    /// The newest `seq` of the conversation in `message_rows` (0: none).
+    pub copied: u64,
+}
+
+impl SeqRange {
+    /// What to read the messages up to `seq` from: `message_rows` alone when it has them
+    /// all, which spares the view's scan of the tail.
+    pub fn table(&self, seq: u64) -> &'static str {
+        match seq <= self.copied {
+            true => "message_rows",
+            false => "messages",
+        }
+    }
+}
+
+/// The newest `seq` of `conv` in `message_rows` (0: none); every older message of `conv`
+/// is there too.
+pub fn copied_through(conn: &Connection, conv: i64) -> rusqlite::Result<u64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq FROM message_rows WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([conv], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |seq| seq as u64))
+}
+
 /// The messages of `conv` with `after < pos <= upto`, as an inclusive `seq` range; `None`
 /// when there are none. `known` is the `(pos, seq)` of a message of `conv` the caller
 /// already read (the end of its previous chunk): when it is the message at `after`, the
@@ -26,16 +58,17 @@ pub fn seq_range(
     after: u64,
     upto: u64,
     known: Option<(u64, u64)>,
-) -> rusqlite::Result<Option<(u64, u64)>> {
+) -> rusqlite::Result<Option<SeqRange>> {
     let copied = conn
         .prepare_cached(
             "SELECT seq, pos FROM message_rows WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1",
         )?
         .query_row([conv], row)
         .optional()?;
+    // Backwards by position: an active conversation's newest row is found near the end.
     let in_tail = conn
         .prepare_cached(
-            "SELECT seq, pos FROM message_tail WHERE conv_id = ?1 ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, pos FROM message_tail WHERE conv_id = ?1 ORDER BY pos DESC LIMIT 1",
         )?
         .query_row([conv], row)
         .optional()?;
@@ -57,7 +90,11 @@ pub fn seq_range(
         true => newest.seq,
         false => first_past(conn, conv, upto, copied, newest)?.saturating_sub(1),
     };
-    Ok((first <= last).then_some((first, last)))
+    Ok((first <= last).then_some(SeqRange {
+        first,
+        last,
+        copied: copied.map_or(0, |c| c.seq),
+    }))
 }
 
 /// The `seq` of the oldest message of `conv` with `pos > bound`, given that `newest` is
@@ -73,8 +110,11 @@ fn first_past(
         Some(copied) if copied.pos > bound => search_copied(conn, conv, bound, copied),
         // Every message past the bound is newer than the copied ones: in the tail.
         _ => Ok(conn
-            .prepare_cached("SELECT MIN(seq) FROM message_tail WHERE conv_id = ?1 AND pos > ?2")?
-            .query_row(params![conv, bound as i64], |r| r.get::<_, Option<i64>>(0))?
+            .prepare_cached(
+                "SELECT seq FROM message_tail WHERE pos > ?2 AND conv_id = ?1 ORDER BY pos LIMIT 1",
+            )?
+            .query_row(params![conv, bound as i64], |r| r.get::<_, i64>(0))
+            .optional()?
             .map_or(newest.seq + 1, |seq| seq as u64)),
     }
 }
@@ -174,6 +214,10 @@ mod tests {
         conn
     }
 
+    fn bounds(range: SeqRange) -> (u64, u64) {
+        (range.first, range.last)
+    }
+
     /// The sequence numbers of `conv` with `after < pos <= upto`, by scanning every row.
     fn scanned(rows: &[(i64, i64, i64)], conv: i64, after: u64, upto: u64) -> Vec<i64> {
         rows.iter()
@@ -183,8 +227,8 @@ mod tests {
     }
 
     /// The sequence numbers of `conv` inside the range `seq_range` answered.
-    fn in_range(rows: &[(i64, i64, i64)], conv: i64, range: Option<(u64, u64)>) -> Vec<i64> {
-        let Some((first, last)) = range else {
+    fn in_range(rows: &[(i64, i64, i64)], conv: i64, range: Option<SeqRange>) -> Vec<i64> {
+        let Some(SeqRange { first, last, .. }) = range else {
             return Vec::new();
         };
         rows.iter()
@@ -213,11 +257,24 @@ mod tests {
                 for after in 0..=pos as u64 + 1 {
                     for upto in [after, after + 1, after + 7, pos as u64, u64::MAX] {
                         let range = seq_range(&conn, conv, after, upto, None).expect("search");
+                        let expected = scanned(&rows, conv, after, upto);
                         assert_eq!(
                             in_range(&rows, conv, range),
-                            scanned(&rows, conv, after, upto),
+                            expected,
                             "conv {conv}, after {after}, upto {upto}, {uncopied} uncopied"
                         );
+                        // The range names `message_rows` only when that table has it all.
+                        if let Some(r) = range.filter(|r| r.table(r.last) == "message_rows") {
+                            let copied: usize = conn
+                                .query_row(
+                                    "SELECT COUNT(*) FROM message_rows
+                                     WHERE conv_id = ?1 AND seq BETWEEN ?2 AND ?3",
+                                    params![conv, r.first as i64, r.last as i64],
+                                    |row| row.get(0),
+                                )
+                                .expect("count");
+                            assert_eq!(copied, expected.len());
+                        }
                     }
                 }
             }
@@ -229,12 +286,16 @@ mod tests {
         let rows: Vec<_> = (1..=10).map(|s| (1, s, 3 * s)).collect();
         let conn = store(&rows, 3);
         assert_eq!(
-            seq_range(&conn, 1, 12, 30, Some((12, 4))).expect("search"),
+            seq_range(&conn, 1, 12, 30, Some((12, 4)))
+                .expect("search")
+                .map(bounds),
             Some((5, 10))
         );
         // A hint about another position is ignored.
         assert_eq!(
-            seq_range(&conn, 1, 13, 30, Some((12, 4))).expect("search"),
+            seq_range(&conn, 1, 13, 30, Some((12, 4)))
+                .expect("search")
+                .map(bounds),
             Some((5, 10))
         );
         assert_eq!(
@@ -248,11 +309,15 @@ mod tests {
         let rows: Vec<_> = (1..=100_000).map(|s| (7, s, 2 * s)).collect();
         let conn = store(&rows, 3);
         assert_eq!(
-            seq_range(&conn, 7, 2 * 99_990, u64::MAX, None).expect("search"),
+            seq_range(&conn, 7, 2 * 99_990, u64::MAX, None)
+                .expect("search")
+                .map(bounds),
             Some((99_991, 100_000))
         );
         assert_eq!(
-            seq_range(&conn, 7, 1, 2 * 50_000, None).expect("search"),
+            seq_range(&conn, 7, 1, 2 * 50_000, None)
+                .expect("search")
+                .map(bounds),
             Some((1, 50_000))
         );
     }

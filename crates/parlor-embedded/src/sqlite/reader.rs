@@ -228,6 +228,20 @@ pub fn history(conn: &Connection, viewer: UserId, conv: ConvId, page: Page) -> R
         });
     };
     let bound = left_seq.unwrap_or(i64::MAX);
+    // The newest message a page may return; below what `message_rows` holds, the page
+    // is read from it alone, without the view's scan of the tail.
+    let newest_wanted = match page {
+        Page::Latest { .. } => bound as u64,
+        Page::Before { before, .. } => before.saturating_sub(1).min(bound as u64),
+        Page::After { after, limit } => {
+            after.saturating_add(u64::from(limit) + 1).min(bound as u64)
+        }
+    };
+    let copied = super::positions::copied_through(conn, conv.0 as i64).map_err(db_err)?;
+    let table = match newest_wanted <= copied {
+        true => "message_rows",
+        false => "messages",
+    };
     let (sql, anchor, limit, descending) = match page {
         Page::Latest { limit } => ("seq <= ?2 ORDER BY seq DESC", i64::MAX, limit, true),
         Page::Before { before, limit } => (
@@ -245,7 +259,7 @@ pub fn history(conn: &Connection, viewer: UserId, conv: ConvId, page: Page) -> R
     };
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND {sql} LIMIT ?3"
+            "SELECT {MESSAGE_COLUMNS} FROM {table} WHERE conv_id = ?1 AND {sql} LIMIT ?3"
         ))
         .map_err(db_err)?;
     let fetch = i64::from(limit) + 1;
@@ -466,13 +480,15 @@ fn fetch_chunks(
     for &(index, span, known) in wanted {
         let conv = span.conv.0 as i64;
         let range = super::positions::seq_range(conn, conv, span.after, span.upper, known);
-        let Some((first, last)) = range.map_err(db_err)? else {
+        let Some(range) = range.map_err(db_err)? else {
             out.push((index, Vec::new()));
             continue;
         };
+        let (first, last) = (range.first, range.last);
+        let table = range.table(last.min(first.saturating_add(u64::from(chunk.max(1)) - 1)));
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages
+                "SELECT {MESSAGE_COLUMNS} FROM {table}
                  WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4"
             ))
             .map_err(db_err)?;

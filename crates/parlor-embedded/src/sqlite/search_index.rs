@@ -165,16 +165,19 @@ fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>
         .prepare("SELECT id FROM conversations")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = main.prepare(
-        "SELECT pos, id, conv_id, seq, sender, created_at, body, deleted FROM messages
-         WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3",
-    )?;
     for conv in convs {
-        let Some((first, last)) = super::positions::seq_range(main, conv, after, u64::MAX, None)?
-        else {
+        let Some(range) = super::positions::seq_range(main, conv, after, u64::MAX, None)? else {
             continue;
         };
-        let rows = stmt.query_map(params![conv, first as i64, last as i64], operation)?;
+        let mut stmt = main.prepare_cached(&format!(
+            "SELECT pos, id, conv_id, seq, sender, created_at, body, deleted FROM {}
+             WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3",
+            range.table(range.last)
+        ))?;
+        let rows = stmt.query_map(
+            params![conv, range.first as i64, range.last as i64],
+            operation,
+        )?;
         for row in rows {
             ops.push(row?);
         }

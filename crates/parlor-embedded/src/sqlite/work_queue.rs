@@ -215,12 +215,12 @@ fn messages_between(
         .collect::<rusqlite::Result<_>>()?;
     let mut events = Vec::new();
     for conv in convs {
-        let Some((first, last)) = super::positions::seq_range(conn, conv, after, upto, None)?
-        else {
+        let Some(range) = super::positions::seq_range(conn, conv, after, upto, None)? else {
             continue;
         };
+        let (first, last, table) = (range.first, range.last, range.table(range.last));
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3"
+            "SELECT {MESSAGE_COLUMNS} FROM {table} WHERE conv_id = ?1 AND seq >= ?2 AND seq <= ?3"
         ))?;
         let rows = stmt.query_map(params![conv, first as i64, last as i64], |r| {
             Ok((r.get::<_, i64>(7)? as u64, message_view(r)?))

@@ -90,9 +90,10 @@ impl PendingCids {
                AND NOT EXISTS (SELECT 1 FROM message_cids c WHERE c.sender = m.sender AND c.cid = m.cid)",
         )?;
         for conv in convs {
-            let Some((first, last)) = seq_range(conn, conv, floor, u64::MAX, None)? else {
+            let Some(range) = seq_range(conn, conv, floor, u64::MAX, None)? else {
                 continue;
             };
+            let (first, last) = (range.first, range.last);
             let found = rows.query_map(params![conv, first as i64, last as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,

@@ -25,6 +25,11 @@ use std::collections::{HashMap, VecDeque};
 /// Default number of rows pending in the tail before the oldest conversation is copied.
 pub const DEFAULT_TARGET: usize = 1024;
 
+/// Rows copied per statement, and its parameter list.
+const COPY_SLOTS: usize = 16;
+const COPY_SLOTS_SQL: &str =
+    "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16";
+
 const COLUMNS: &str = "conv_id, seq, id, pos, sender, cid, body, created_at, reply_to, mentions, \
                        mention_all, edited_at, deleted, attachments";
 
@@ -42,6 +47,8 @@ pub struct Tail {
     low: u64,
     /// Set when a reload after a rollback failed (see [`Tail::reload`]).
     stale: bool,
+    /// The copy statement, built once (it is looked up in the statement cache by text).
+    copy_sql: String,
 }
 
 impl Tail {
@@ -58,6 +65,10 @@ impl Tail {
             pending: 0,
             low: low.unwrap_or(0) as u64,
             stale: false,
+            copy_sql: format!(
+                "INSERT OR IGNORE INTO message_rows ({COLUMNS}) SELECT {COLUMNS} FROM message_tail
+                 WHERE pos IN ({COPY_SLOTS_SQL})"
+            ),
         };
         let mut rows = conn.prepare(
             "SELECT pos, conv_id FROM message_tail t
@@ -129,12 +140,15 @@ impl Tail {
             return Ok(());
         };
         // OR IGNORE: a copy the failed statement of an earlier attempt left in this
-        // transaction is the same row.
-        let mut copy = conn.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO message_rows ({COLUMNS}) SELECT {COLUMNS} FROM message_tail WHERE pos = ?1"
-        ))?;
-        for pos in positions {
-            copy.execute([*pos as i64])?;
+        // transaction is the same row. Several rows per statement: the statement's own
+        // cost is a good part of a row's.
+        let mut copy = conn.prepare_cached(&self.copy_sql)?;
+        for chunk in positions.chunks(COPY_SLOTS) {
+            let mut slots = [0i64; COPY_SLOTS]; // no row has position 0
+            for (slot, pos) in slots.iter_mut().zip(chunk) {
+                *slot = *pos as i64;
+            }
+            copy.execute(rusqlite::params_from_iter(slots))?;
         }
         if let Some(positions) = self.by_conv.remove(&conv) {
             self.pending -= positions.len();
@@ -231,6 +245,23 @@ mod tests {
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM message_tail"), 0);
         assert_eq!(count(&conn, "SELECT COUNT(*) FROM message_rows"), 40);
         assert_eq!(visible(&conn), expected);
+    }
+
+    #[test]
+    fn a_conversation_longer_than_one_statement_is_copied_whole() {
+        let conn = store();
+        let mut tail = Tail::load(&conn, 1000).expect("load");
+        let rows = 3 * COPY_SLOTS as i64 + 5;
+        for pos in 1..=rows {
+            append(&conn, &mut tail, 9, pos, pos);
+        }
+        tail.copy_conv(&conn, 9).expect("copy");
+        assert_eq!(tail.pending(), 0);
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM message_rows WHERE conv_id = 9"),
+            rows
+        );
+        assert_eq!(visible(&conn).len(), rows as usize);
     }
 
     #[test]
