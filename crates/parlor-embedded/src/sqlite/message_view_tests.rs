@@ -152,6 +152,31 @@ fn reads_of_a_long_conversation_touch_a_page_of_it_not_all_of_it() {
 }
 
 #[test]
+fn a_batch_of_lookups_scans_the_tail_once() {
+    let conn = store();
+    // Newest first, as a search ranks them: most are in the tail.
+    let keys: Vec<(i64, u64)> = (ROWS - 40..=ROWS).rev().map(|s| (7, s as u64)).collect();
+    let mut with_gone = keys.clone();
+    with_gone.push((7, ROWS as u64 + 1));
+    let (found, cost) = steps(&conn, |c| {
+        reader::messages_at(c, &with_gone).expect("lookup")
+    });
+    let seqs: Vec<Option<u64>> = found.iter().map(|m| m.as_ref().map(|m| m.seq)).collect();
+    let mut expected: Vec<Option<u64>> = keys.iter().map(|k| Some(k.1)).collect();
+    expected.push(None);
+    assert_eq!(seqs, expected);
+    // One message through the view already scans the tail; a batch of 42 costs about
+    // as much as two.
+    let (_, one) = steps(&conn, |c| {
+        reader::message_by_seq(c, Id(7), ROWS as u64).expect("one")
+    });
+    assert!(
+        cost < 3 * one + 2_000,
+        "batch: {cost} steps, one message: {one}"
+    );
+}
+
+#[test]
 fn the_view_shows_a_copied_message_once_and_its_edits() {
     let conn = store();
     conn.execute(

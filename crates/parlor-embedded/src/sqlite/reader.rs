@@ -73,6 +73,58 @@ pub fn message_by_seq(conn: &Connection, conv: ConvId, seq: u64) -> Result<Optio
     .map_err(db_err)
 }
 
+/// The messages at `keys` (`(conv_id, seq)`), in that order. One lookup in
+/// `message_rows` each, and a single scan of the tail for those it lacks, instead of a
+/// scan of the tail per message through the view: the newest messages, which a search
+/// ranks first, are the ones still in the tail.
+pub(super) fn messages_at(
+    conn: &Connection,
+    keys: &[(i64, u64)],
+) -> Result<Vec<Option<MessageView>>> {
+    // One snapshot for both reads: a row copied between them would be in neither.
+    let tx = match conn.is_autocommit() {
+        true => Some(conn.unchecked_transaction().map_err(db_err)?),
+        false => None,
+    };
+    let mut copied = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM message_rows WHERE conv_id = ?1 AND seq = ?2"
+        ))
+        .map_err(db_err)?;
+    let mut out = Vec::with_capacity(keys.len());
+    let mut missing = HashMap::new();
+    for (index, &(conv, seq)) in keys.iter().enumerate() {
+        let found = copied
+            .query_row(params![conv, seq as i64], message_view)
+            .optional()
+            .map_err(db_err)?;
+        if found.is_none() {
+            missing.insert((conv as u64, seq), index);
+        }
+        out.push(found);
+    }
+    if !missing.is_empty() {
+        // A row the loop found copied is hidden here by the same test the view uses.
+        let mut tail = conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM message_tail t WHERE NOT EXISTS
+                 (SELECT 1 FROM message_rows r WHERE r.conv_id = t.conv_id AND r.seq = t.seq)"
+            ))
+            .map_err(db_err)?;
+        let rows = tail.query_map([], message_view).map_err(db_err)?;
+        for row in rows {
+            let message = row.map_err(db_err)?;
+            if let Some(&index) = missing.get(&(message.conv.0, message.seq)) {
+                out[index] = Some(message);
+            }
+        }
+    }
+    if let Some(tx) = tx {
+        tx.commit().map_err(db_err)?;
+    }
+    Ok(out)
+}
+
 fn conversation_info(conn: &Connection, conv: ConvId) -> Result<Option<ConversationInfo>> {
     conn.prepare_cached("SELECT kind, name, created_at FROM conversations WHERE id = ?1")
         .and_then(|mut s| {
@@ -134,10 +186,30 @@ pub fn conversation(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<C
 }
 
 pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<ConversationSummary>> {
+    // One snapshot for the list, the tail's scan and the last messages.
+    let tx = match conn.is_autocommit() {
+        true => Some(conn.unchecked_transaction().map_err(db_err)?),
+        false => None,
+    };
+    // Each conversation's newest message: in `message_rows` or, for the active ones, in
+    // the tail, read for all conversations in one scan instead of one per conversation.
+    let mut in_tail: HashMap<i64, i64> = HashMap::new();
+    {
+        let mut tail = conn
+            .prepare_cached("SELECT conv_id, MAX(seq) FROM message_tail GROUP BY conv_id")
+            .map_err(db_err)?;
+        let rows = tail
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db_err)?;
+        for row in rows {
+            let (conv, seq) = row.map_err(db_err)?;
+            in_tail.insert(conv, seq);
+        }
+    }
     let mut stmt = conn
         .prepare_cached(
             "SELECT c.id, c.kind, c.name, c.created_at, c.member_count, m.read_seq,
-                    (SELECT seq FROM messages WHERE conv_id = c.id ORDER BY seq DESC LIMIT 1)
+                    (SELECT seq FROM message_rows WHERE conv_id = c.id ORDER BY seq DESC LIMIT 1)
              FROM members m JOIN conversations c ON c.id = m.conv_id
              WHERE m.user_id = ?1 AND m.left_pos IS NULL",
         )
@@ -161,11 +233,6 @@ pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<Conversati
             ))
         })
         .map_err(db_err)?;
-    let mut last_stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = ?1 AND seq = ?2"
-        ))
-        .map_err(db_err)?;
     let mut peer_stmt = conn
         .prepare_cached(
             "SELECT u.id, u.username FROM members m JOIN users u ON u.id = m.user_id
@@ -174,17 +241,10 @@ pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<Conversati
         .map_err(db_err)?;
     let mut out = Vec::new();
     for row in rows {
-        let (info, member_count, read_seq, last_seq) = row.map_err(db_err)?;
-        let last_seq = last_seq.unwrap_or(0) as u64;
+        let (info, member_count, read_seq, copied_seq) = row.map_err(db_err)?;
+        let newest = copied_seq.max(in_tail.get(&(info.id.0 as i64)).copied());
+        let last_seq = newest.unwrap_or(0) as u64;
         let read_seq = (read_seq as u64).min(last_seq);
-        let last_message = if last_seq > 0 {
-            last_stmt
-                .query_row(params![info.id.0 as i64, last_seq as i64], message_view)
-                .optional()
-                .map_err(db_err)?
-        } else {
-            None
-        };
         let peer = if info.kind == ConversationKind::Direct {
             peer_stmt
                 .query_row(params![info.id.0 as i64, viewer.0 as i64], user_view)
@@ -197,11 +257,24 @@ pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<Conversati
             info,
             peer,
             member_count: member_count as u32,
-            last_message,
+            last_message: None,
             last_seq,
             read_seq,
             unread: last_seq - read_seq,
         });
+    }
+    let keys: Vec<(i64, u64)> = out
+        .iter()
+        .filter(|c| c.last_seq > 0)
+        .map(|c| (c.info.id.0 as i64, c.last_seq))
+        .collect();
+    let mut last_messages = messages_at(conn, &keys)?.into_iter();
+    for summary in out.iter_mut().filter(|c| c.last_seq > 0) {
+        summary.last_message = last_messages.next().flatten();
+    }
+    drop((stmt, peer_stmt));
+    if let Some(tx) = tx {
+        tx.commit().map_err(db_err)?;
     }
     let activity =
         |c: &ConversationSummary| c.last_message.as_ref().map_or(c.info.created_at, |m| m.ts);
@@ -717,7 +790,7 @@ pub fn search(
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)),
         )
         .map_err(db_err)?;
-    let mut found = Vec::new();
+    let mut wanted = Vec::new();
     for row in rows {
         let (conv, seq) = row.map_err(db_err)?;
         if let Some(Some(left_seq)) = bounds.get(&conv) {
@@ -725,11 +798,13 @@ pub fn search(
                 continue;
             }
         }
-        match message_by_seq(main, Id(conv as u64), seq)? {
-            Some(message) if !message.deleted => found.push(message),
-            _ => {}
-        }
+        wanted.push((conv, seq));
     }
+    let found: Vec<MessageView> = messages_at(main, &wanted)?
+        .into_iter()
+        .flatten()
+        .filter(|m| !m.deleted)
+        .collect();
     // Most relevant first; `found` is newest first and the sort is stable, so ties keep
     // the newest on top.
     let scores: Vec<f64> = found
