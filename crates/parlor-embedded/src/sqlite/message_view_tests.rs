@@ -123,6 +123,14 @@ fn reads_of_a_long_conversation_touch_a_page_of_it_not_all_of_it() {
     assert_eq!(list.len(), 1);
     assert!(cost < BUDGET, "conversation list: {cost} steps");
 
+    conn.execute("UPDATE members SET read_seq = 19000 WHERE user_id = 1", [])
+        .expect("read marker");
+    let (unread, cost) = steps(&conn, |c| {
+        super::notifications::unread_count(c, viewer).expect("unread")
+    });
+    assert_eq!(unread, (ROWS - 19_000) as u64);
+    assert!(cost < BUDGET, "unread count: {cost} steps");
+
     let (receipts, cost) = steps(&conn, |c| {
         reader::receipts(c, viewer, conv).expect("receipts")
     });

@@ -577,15 +577,22 @@ pub async fn is_member(reads: &Arc<ReadPool>, user: UserId, conv: ConvId) -> Res
 
 /// The badge: unread messages over the user's conversations (main database).
 pub async fn unread_messages(reads: &Arc<ReadPool>, user: UserId) -> Result<u64> {
-    reads
-        .run(move |conn| {
-            conn.prepare_cached(
-                "SELECT COALESCE(SUM(MAX(0, COALESCE((SELECT seq FROM messages WHERE conv_id = m.conv_id ORDER BY seq DESC LIMIT 1), 0) - m.read_seq)), 0)
-                 FROM members m WHERE m.user_id = ?1 AND m.left_pos IS NULL",
-            )
-            .and_then(|mut s| s.query_row([user.0 as i64], |r| r.get::<_, i64>(0)))
-            .map(|n| n as u64)
-            .map_err(db_err)
-        })
-        .await
+    reads.run(move |conn| unread_count(conn, user)).await
+}
+
+/// Each conversation's newest message is the newest of `message_rows` or of the tail;
+/// the tail is read once for all of them (materialized), not once per conversation
+/// through the view.
+pub(super) fn unread_count(conn: &Connection, user: UserId) -> Result<u64> {
+    conn.prepare_cached(
+        "WITH tail AS MATERIALIZED (SELECT conv_id, MAX(seq) AS seq FROM message_tail GROUP BY conv_id)
+         SELECT COALESCE(SUM(MAX(0, MAX(
+                    COALESCE((SELECT seq FROM message_rows WHERE conv_id = m.conv_id ORDER BY seq DESC LIMIT 1), 0),
+                    COALESCE((SELECT seq FROM tail WHERE tail.conv_id = m.conv_id), 0)
+                ) - m.read_seq)), 0)
+         FROM members m WHERE m.user_id = ?1 AND m.left_pos IS NULL",
+    )
+    .and_then(|mut s| s.query_row([user.0 as i64], |r| r.get::<_, i64>(0)))
+    .map(|n| n as u64)
+    .map_err(db_err)
 }
