@@ -255,6 +255,29 @@ mod tests {
     }
 
     #[test]
+    fn a_rolled_back_copy_is_pending_again_after_reload() {
+        let conn = store();
+        let mut tail = Tail::load(&conn, 100).expect("load");
+        for pos in 1..=3 {
+            append(&conn, &mut tail, 5, pos, pos);
+        }
+        conn.execute_batch("BEGIN").expect("begin");
+        for pos in 4..=9 {
+            append(&conn, &mut tail, 5 + pos % 2, pos, pos);
+        }
+        // Copies conversation 5's rows, the three committed ones among them.
+        tail.copy_conv(&conn, 5).expect("copy");
+        assert_eq!(tail.pending(), 3);
+        conn.execute_batch("ROLLBACK").expect("rollback");
+        tail.reload(&conn);
+        // What the memory says is pending is exactly what the table lacks.
+        assert_eq!(tail.by_conv, HashMap::from([(5, vec![1, 2, 3])]));
+        tail.copy_all(&conn, 3).expect("copy all");
+        assert_eq!(visible(&conn), vec![(5, 1), (5, 2), (5, 3)]);
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM message_tail"), 0);
+    }
+
+    #[test]
     fn load_finds_what_is_not_copied() {
         let conn = store();
         let mut tail = Tail::load(&conn, 100).expect("load");
