@@ -82,10 +82,10 @@ pub(super) fn messages_at(
     keys: &[(i64, u64)],
 ) -> Result<Vec<Option<MessageView>>> {
     // One snapshot for both reads: a row copied between them would be in neither.
-    let tx = match conn.is_autocommit() {
-        true => Some(conn.unchecked_transaction().map_err(db_err)?),
-        false => None,
-    };
+    in_one_snapshot(conn, || messages_at_in(conn, keys))
+}
+
+fn messages_at_in(conn: &Connection, keys: &[(i64, u64)]) -> Result<Vec<Option<MessageView>>> {
     let mut copied = conn
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM message_rows WHERE conv_id = ?1 AND seq = ?2"
@@ -118,9 +118,18 @@ pub(super) fn messages_at(
             }
         }
     }
-    if let Some(tx) = tx {
-        tx.commit().map_err(db_err)?;
+    Ok(out)
+}
+
+/// Runs `read` inside one read transaction (one snapshot), unless the connection is in
+/// one already.
+fn in_one_snapshot<T>(conn: &Connection, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !conn.is_autocommit() {
+        return read();
     }
+    let tx = conn.unchecked_transaction().map_err(db_err)?;
+    let out = read()?;
+    tx.commit().map_err(db_err)?;
     Ok(out)
 }
 
@@ -186,10 +195,10 @@ pub fn conversation(conn: &Connection, viewer: UserId, conv: ConvId) -> Result<C
 
 pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<ConversationSummary>> {
     // One snapshot for the list, the tail's scan and the last messages.
-    let tx = match conn.is_autocommit() {
-        true => Some(conn.unchecked_transaction().map_err(db_err)?),
-        false => None,
-    };
+    in_one_snapshot(conn, || conversations_in(conn, viewer))
+}
+
+fn conversations_in(conn: &Connection, viewer: UserId) -> Result<Vec<ConversationSummary>> {
     // Each conversation's newest message: in `message_rows` or, for the active ones, in
     // the tail, read for all conversations in one scan instead of one per conversation.
     let mut in_tail: HashMap<i64, i64> = HashMap::new();
@@ -270,10 +279,6 @@ pub fn conversations(conn: &Connection, viewer: UserId) -> Result<Vec<Conversati
     let mut last_messages = messages_at(conn, &keys)?.into_iter();
     for summary in out.iter_mut().filter(|c| c.last_seq > 0) {
         summary.last_message = last_messages.next().flatten();
-    }
-    drop((stmt, peer_stmt));
-    if let Some(tx) = tx {
-        tx.commit().map_err(db_err)?;
     }
     let activity =
         |c: &ConversationSummary| c.last_message.as_ref().map_or(c.info.created_at, |m| m.ts);
