@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const SEARCH_FILE: &str = "search.db";
 const MAX_BATCH: usize = 8192;
@@ -196,19 +196,34 @@ fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>
     Ok(ops)
 }
 
-/// Fills `batch` with the next operations: blocks for the first, then takes more until
-/// [`LINGER`] has passed or the batch is full. False once the writer is gone and nothing is
-/// left to apply.
+/// Fills `batch` with the next operations: blocks for the first, then sleeps out the rest
+/// of [`LINGER`] and takes what came meanwhile, up to [`MAX_BATCH`]. False once the
+/// writer is gone and nothing is left to apply.
+///
+/// Sleeping instead of waiting on the channel with a timeout matters at moderate rates:
+/// a waiting receiver is woken by every send, which was a wake-up of this thread (and a
+/// `futex` call in the writer) for every store commit, thousands a second at 10,000
+/// messages/s, to gather a batch that is applied 20 ms later anyway.
 fn collect(rx: &mpsc::Receiver<Vec<(u64, IndexOp)>>, batch: &mut Vec<(u64, IndexOp)>) -> bool {
     let Ok(first) = rx.recv() else {
         return false;
     };
     batch.extend(first);
-    let deadline = Instant::now() + LINGER;
+    let backlog = take_ready(rx, batch);
+    if !backlog {
+        std::thread::sleep(LINGER);
+        take_ready(rx, batch);
+    }
+    true
+}
+
+/// Moves what the channel holds into `batch` until it is empty or the batch is full;
+/// true when the batch filled up first.
+fn take_ready(rx: &mpsc::Receiver<Vec<(u64, IndexOp)>>, batch: &mut Vec<(u64, IndexOp)>) -> bool {
     while batch.len() < MAX_BATCH {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match rx.try_recv() {
             Ok(ops) => batch.extend(ops),
-            Err(_) => break,
+            Err(_) => return false,
         }
     }
     true
