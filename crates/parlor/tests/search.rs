@@ -346,6 +346,32 @@ async fn results_are_ranked_and_paginated_with_a_cursor() {
     assert_eq!(unique.len(), 5);
 }
 
+/// A search ranks only the newest `limits.search_candidates` matches, and among equally
+/// relevant ones the newest comes first (the index walks its postings newest first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_matches_are_ranked_and_ties_put_the_newest_first() {
+    let server = start(&[
+        ("PARLOR_RATE__SEARCH_PER_USER__BURST", "100000"),
+        ("PARLOR_RATE__SEARCH_PER_USER__PER_SECOND", "100000"),
+        ("PARLOR_LIMITS__SEARCH_CANDIDATES", "3"),
+    ]);
+    let http = server.http();
+    let alice = user(&http, "alice").await;
+    let bob = user(&http, "bob").await;
+    let conv = direct(&http, &alice, &bob).await;
+    for n in 1..=6 {
+        post(&http, &alice, conv, &format!("plum number{n}")).await;
+    }
+    indexed(&http, &bob, "number6", 1).await;
+    let found = search(&http, &bob, "plum").await;
+    assert_eq!(
+        texts(&found),
+        ["plum number6", "plum number5", "plum number4"],
+        "{:?}",
+        texts(&found)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_callers_conversations_are_searched() {
     let server = start_search();

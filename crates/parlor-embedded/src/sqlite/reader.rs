@@ -766,7 +766,8 @@ pub fn search(
     } else {
         conv_list
     };
-    // The newest `candidates` visible matches; ranking every match of a common word over
+    // The newest `candidates` visible matches (the index's row keys are negated ids,
+    // `search_index::index_rowid`); ranking every match of a common word over
     // millions of messages would be unbounded work. (FTS5's own bm25() is not used: it
     // computes each phrase's document frequency over the whole index on every query,
     // conversation tokens included, which cost more than the rest of the search.)
@@ -778,7 +779,7 @@ pub fn search(
                AND (?3 IS NULL OR sender = ?3)
                AND (?4 IS NULL OR ts >= ?4)
                AND (?5 IS NULL OR ts <= ?5)
-             ORDER BY rowid DESC LIMIT ?6",
+             ORDER BY rowid LIMIT ?6",
         )
         .map_err(db_err)?;
     let rows = stmt

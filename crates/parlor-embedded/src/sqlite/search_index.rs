@@ -60,10 +60,18 @@ const SCHEMA: &str = r#"
     );
 "#;
 
-/// Bumped whenever what is indexed per message changes ([`search::index_text`] or the
-/// conversation token): an index built with another version is dropped and rebuilt
-/// from the store at start-up.
-const TOKENIZER_VERSION: i64 = 3;
+/// Bumped whenever what is indexed per message changes ([`search::index_text`], the
+/// conversation token, or the row key [`index_rowid`]): an index built with another
+/// version is dropped and rebuilt from the store at start-up.
+const TOKENIZER_VERSION: i64 = 4;
+
+/// The index's row key for a message: its id negated, so that the newest message has the
+/// smallest key. Searches want the newest matches first, and FTS5 walks its postings
+/// forwards much more cheaply than backwards (`ORDER BY rowid DESC` re-parsed every
+/// postings page to step back through it: 14% of a search's CPU).
+pub fn index_rowid(id: u64) -> i64 {
+    -(id as i64)
+}
 
 /// Every indexed message also carries, in the `scope` column, a token naming its
 /// conversation, so that a query can be restricted to the caller's conversations inside
@@ -85,14 +93,34 @@ fn open_index(path: &Path) -> rusqlite::Result<Connection> {
             to = TOKENIZER_VERSION,
             "rebuilding the search index"
         );
-        conn.execute_batch("DROP TABLE IF EXISTS message_fts; DROP TABLE IF EXISTS index_state;")?;
+        // Dropping a contentless FTS5 table leaves its `_content` shadow table behind
+        // when it keeps unindexed columns (SQLite 3.50's `sqlite3Fts5DropAll` drops that
+        // table only for tables with content), and creating the new one would fail on it.
+        conn.execute_batch(
+            "DROP TABLE IF EXISTS message_fts; DROP TABLE IF EXISTS message_fts_content;
+             DROP TABLE IF EXISTS index_state;",
+        )?;
         conn.pragma_update(None, "user_version", TOKENIZER_VERSION)?;
     }
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
 
+impl IndexOp {
+    fn id(&self) -> u64 {
+        match self {
+            IndexOp::Upsert { id, .. } | IndexOp::Remove { id } => *id,
+        }
+    }
+}
+
 fn apply(conn: &Connection, ops: &[(u64, IndexOp)]) -> rusqlite::Result<()> {
+    // In ascending row key order (newest message first): FTS5 starts a new segment
+    // whenever a row key is below the previous one, which in commit order would be at
+    // every message. The sort is stable, so the operations on one message keep their
+    // order.
+    let mut ops: Vec<&(u64, IndexOp)> = ops.iter().collect();
+    ops.sort_by_key(|(_, op)| index_rowid(op.id()));
     let tx = conn.unchecked_transaction()?;
     {
         let mut delete = tx.prepare_cached("DELETE FROM message_fts WHERE rowid = ?1")?;
@@ -113,10 +141,10 @@ fn apply(conn: &Connection, ops: &[(u64, IndexOp)]) -> rusqlite::Result<()> {
                     replace,
                 } => {
                     if *replace {
-                        delete.execute([*id as i64])?;
+                        delete.execute([index_rowid(*id)])?;
                     }
                     insert.execute(params![
-                        *id as i64,
+                        index_rowid(*id),
                         search::index_text(text),
                         conversation_token(*conv),
                         *conv as i64,
@@ -126,7 +154,7 @@ fn apply(conn: &Connection, ops: &[(u64, IndexOp)]) -> rusqlite::Result<()> {
                     ])?;
                 }
                 IndexOp::Remove { id } => {
-                    delete.execute([*id as i64])?;
+                    delete.execute([index_rowid(*id)])?;
                 }
             }
         }
@@ -302,5 +330,51 @@ impl SearchIndex {
             idle.push(conn);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index from an older version (here: rows keyed by the plain id, which the
+    /// newest-first query would now read oldest first) is dropped on open, so that
+    /// start-up rebuilds it from the store (everything after position 0).
+    #[test]
+    fn an_index_of_another_version_is_dropped_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(SEARCH_FILE);
+        {
+            let old = Connection::open(&path).expect("open");
+            old.execute_batch(
+                "CREATE TABLE index_state (id INTEGER PRIMARY KEY, applied_pos INTEGER NOT NULL);
+                 INSERT INTO index_state VALUES (1, 99);
+                 CREATE VIRTUAL TABLE message_fts USING fts5(body, scope, conv_id UNINDEXED, seq UNINDEXED, sender UNINDEXED, ts UNINDEXED, content = '', contentless_delete = 1, contentless_unindexed = 1);
+                 INSERT INTO message_fts (rowid, body, scope, conv_id, seq, sender, ts) VALUES (7, 'plum', 'zconv1', 1, 1, 1, 0);
+                 PRAGMA user_version = 3;",
+            )
+            .expect("old index");
+        }
+        let conn = open_index(&path).expect("reopen");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        let rows: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM message_fts WHERE message_fts MATCH 'plum'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        let applied: i64 = conn
+            .query_row("SELECT applied_pos FROM index_state", [], |r| r.get(0))
+            .expect("state");
+        assert_eq!((version, rows, applied), (TOKENIZER_VERSION, 0, 0));
+    }
+
+    #[test]
+    fn newer_messages_have_smaller_row_keys() {
+        assert!(index_rowid(2) < index_rowid(1));
+        assert_eq!(index_rowid(1 << 62), -(1 << 62));
     }
 }
