@@ -23,10 +23,16 @@ use support::*;
 
 /// The search rate limit is not what these tests are about.
 fn start_search() -> parlor_testkit::TestServer {
-    start(&[
+    start_search_with(&[])
+}
+
+fn start_search_with(extra: &[(&str, &str)]) -> parlor_testkit::TestServer {
+    let mut env = vec![
         ("PARLOR_RATE__SEARCH_PER_USER__BURST", "100000"),
         ("PARLOR_RATE__SEARCH_PER_USER__PER_SECOND", "100000"),
-    ])
+    ];
+    env.extend_from_slice(extra);
+    start(&env)
 }
 
 async fn search(http: &Http, user: &User, q: &str) -> SearchResults {
@@ -350,11 +356,7 @@ async fn results_are_ranked_and_paginated_with_a_cursor() {
 /// relevant ones the newest comes first (the index walks its postings newest first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newest_matches_are_ranked_and_ties_put_the_newest_first() {
-    let server = start(&[
-        ("PARLOR_RATE__SEARCH_PER_USER__BURST", "100000"),
-        ("PARLOR_RATE__SEARCH_PER_USER__PER_SECOND", "100000"),
-        ("PARLOR_LIMITS__SEARCH_CANDIDATES", "3"),
-    ]);
+    let server = start_search_with(&[("PARLOR_LIMITS__SEARCH_CANDIDATES", "3")]);
     let http = server.http();
     let alice = user(&http, "alice").await;
     let bob = user(&http, "bob").await;
