@@ -37,49 +37,74 @@ pub fn is_cjk(c: char) -> bool {
 ///
 /// For a query term (`query`), a run that ends the term gets no lone last character: in
 /// the text the run may go on ("東京" must find "東京都", indexed "東京 京都 都").
-fn tokens(text: &str, query: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut word = String::new();
-    let mut run: Vec<char> = Vec::new();
-    let flush_run = |run: &mut Vec<char>, out: &mut Vec<String>, last_alone: bool| {
-        match run.len() {
-            0 => {}
-            1 => out.push(run[0].to_string()),
-            n => {
-                out.extend(run.windows(2).map(|w| w.iter().collect()));
-                if last_alone {
-                    out.push(run[n - 1].to_string());
-                }
-            }
-        }
-        run.clear();
-    };
-    for c in text.chars() {
+///
+/// Every token is a slice of `text` (a word, or a bigram of two adjacent characters), so
+/// nothing is allocated here: this runs for every message indexed and for every
+/// candidate a search ranks, and building each token as its own `String` made it the
+/// search indexer's largest cost after FTS5 itself.
+fn for_each_token<'a>(text: &'a str, query: bool, mut emit: impl FnMut(&'a str)) {
+    let mut word: Option<usize> = None;
+    // The CJK run being read: how many characters, and where its last one lies.
+    let mut run = 0usize;
+    let mut last = (0usize, 0usize);
+    for (at, c) in text.char_indices() {
+        let end = at + c.len_utf8();
         if is_cjk(c) {
-            if !word.is_empty() {
-                out.push(std::mem::take(&mut word));
+            if let Some(start) = word.take() {
+                emit(&text[start..at]);
             }
-            run.push(c);
-        } else if c.is_alphanumeric() {
-            flush_run(&mut run, &mut out, true);
-            word.push(c);
+            if run > 0 {
+                emit(&text[last.0..end]);
+            }
+            run += 1;
+            last = (at, end);
         } else {
-            flush_run(&mut run, &mut out, true);
-            if !word.is_empty() {
-                out.push(std::mem::take(&mut word));
+            end_run(text, &mut run, last, true, &mut emit);
+            if c.is_alphanumeric() {
+                word.get_or_insert(at);
+            } else if let Some(start) = word.take() {
+                emit(&text[start..at]);
             }
         }
     }
-    flush_run(&mut run, &mut out, !query);
-    if !word.is_empty() {
-        out.push(word);
+    end_run(text, &mut run, last, !query, &mut emit);
+    if let Some(start) = word {
+        emit(&text[start..]);
     }
+}
+
+/// Ends a CJK run of `run` characters whose last one is `text[last.0..last.1]`: a run
+/// of one is that character; a longer one (its bigrams already out) adds its last
+/// character alone if `alone`.
+fn end_run<'a>(
+    text: &'a str,
+    run: &mut usize,
+    last: (usize, usize),
+    alone: bool,
+    emit: &mut impl FnMut(&'a str),
+) {
+    if *run == 1 || (*run > 1 && alone) {
+        emit(&text[last.0..last.1]);
+    }
+    *run = 0;
+}
+
+fn tokens(text: &str, query: bool) -> Vec<&str> {
+    let mut out = Vec::new();
+    for_each_token(text, query, |t| out.push(t));
     out
 }
 
 /// The text to put in the index for a message.
 pub fn index_text(text: &str) -> String {
-    tokens(text, false).join(" ")
+    let mut out = String::with_capacity(text.len() + text.len() / 2);
+    for_each_token(text, false, |t| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(t);
+    });
+    out
 }
 
 /// A parsed search query: the original terms (for highlighting) and an FTS5 MATCH
@@ -249,7 +274,7 @@ pub fn term_phrase(term: &str) -> Option<(Vec<String>, bool)> {
     }
     let single_cjk = toks.len() == 1 && toks[0].chars().count() == 1 && toks[0].chars().all(is_cjk);
     let prefix = term.ends_with('*') || single_cjk;
-    Some((toks, prefix))
+    Some((toks.into_iter().map(str::to_string).collect(), prefix))
 }
 
 #[cfg(test)]
@@ -271,6 +296,71 @@ mod tests {
             fts: String::new(),
         });
         assert_eq!(q.fts, "\"東京\" AND \"北京 京 abc\" AND \"京\"*");
+    }
+
+    /// The rules of `for_each_token` spelled out one character at a time, with a string
+    /// per token: what the slicing version must agree with.
+    fn reference_tokens(text: &str, query: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut word = String::new();
+        let mut run: Vec<char> = Vec::new();
+        let end_run = |run: &mut Vec<char>, out: &mut Vec<String>, alone: bool| {
+            if run.len() == 1 {
+                out.push(run[0].to_string());
+            } else if run.len() > 1 {
+                out.extend(run.windows(2).map(|w| w.iter().collect::<String>()));
+                if alone {
+                    out.push(run[run.len() - 1].to_string());
+                }
+            }
+            run.clear();
+        };
+        for c in text.chars() {
+            if is_cjk(c) {
+                if !word.is_empty() {
+                    out.push(std::mem::take(&mut word));
+                }
+                run.push(c);
+            } else {
+                end_run(&mut run, &mut out, true);
+                if c.is_alphanumeric() {
+                    word.push(c);
+                } else if !word.is_empty() {
+                    out.push(std::mem::take(&mut word));
+                }
+            }
+        }
+        end_run(&mut run, &mut out, !query);
+        if !word.is_empty() {
+            out.push(word);
+        }
+        out
+    }
+
+    #[test]
+    fn tokens_agree_with_the_rules_on_mixed_scripts() {
+        let pieces = [
+            "Hello", "wörld", "東京", "都", "서울", "。", " ", ",", "a", "1", "Café", "e\u{301}",
+            "-", "北", "ß", "Ⅻ", "٣", "\u{200b}", "の", "ｶ", "𠀀", "  ", "x_y", "🙂",
+        ];
+        let mut seed = 0x2545_f491_u64;
+        for _ in 0..5000 {
+            let mut text = String::new();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            for _ in 0..(seed >> 60) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            for query in [false, true] {
+                let expected = reference_tokens(&text, query);
+                assert_eq!(tokens(&text, query), expected, "{text:?} (query: {query})");
+            }
+            assert_eq!(index_text(&text), reference_tokens(&text, false).join(" "));
+        }
     }
 
     #[test]
