@@ -76,6 +76,7 @@ fn embedded(config: &Config) -> anyhow::Result<Backends> {
             write_queue: config.limits.write_queue.max(1),
             pending_client_ids: config.limits.pending_client_ids.max(1),
             pending_messages: config.limits.pending_messages.max(1),
+            search_linger: std::time::Duration::from_millis(config.limits.search_linger_ms),
             ..StoreOptions::new(&config.data_dir)
         },
         Arc::clone(&bus),

@@ -324,6 +324,10 @@ pub struct LimitsConfig {
     /// conversation's are copied into the conversation-clustered table together (more:
     /// fewer pages written per message, a longer scan for each read).
     pub pending_messages: usize,
+    /// Embedded store: longest a change waits before the search index applies it with
+    /// the others that came meanwhile (more: fewer, larger index transactions and less
+    /// merging, for search results that trail the store by up to this much).
+    pub search_linger_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -454,6 +458,7 @@ impl Default for LimitsConfig {
             write_queue: 65_536,
             pending_client_ids: 8192,
             pending_messages: 1024,
+            search_linger_ms: 20,
         }
     }
 }

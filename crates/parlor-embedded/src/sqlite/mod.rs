@@ -75,6 +75,9 @@ pub struct StoreOptions {
     /// New messages pending in the position-ordered tail before the oldest conversation
     /// is copied into the conversation-clustered table (see `writer/tail.rs`).
     pub pending_messages: usize,
+    /// Longest the search index lets a change wait for others to apply with it (see
+    /// `search_index::DEFAULT_LINGER`).
+    pub search_linger: std::time::Duration,
 }
 
 impl StoreOptions {
@@ -87,6 +90,7 @@ impl StoreOptions {
             search_candidates: 300,
             pending_client_ids: writer::DEFAULT_PENDING_CLIENT_IDS,
             pending_messages: writer::DEFAULT_PENDING_MESSAGES,
+            search_linger: search_index::DEFAULT_LINGER,
         }
     }
 }
@@ -223,7 +227,7 @@ impl SqliteStore {
             members: RwLock::new(std::collections::HashMap::new()),
             contacts: contacts::ContactsCache::default(),
         });
-        let search = SearchIndex::open(&options.data_dir, &conn)?;
+        let search = SearchIndex::open(&options.data_dir, &conn, options.search_linger)?;
         let writer = Writer::new(
             conn,
             options.machine_id,

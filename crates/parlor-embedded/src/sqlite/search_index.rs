@@ -1,7 +1,7 @@
 //! The search index: an FTS5 table in its own database file (`search.db`), written by its
 //! own thread. A separate file has its own write lock, so indexing never holds up the
 //! message writer; the index is a projection of the message store, fed in commit order
-//! and up to a few tens of milliseconds behind it (see [`LINGER`]).
+//! and up to a few tens of milliseconds behind it (see [`DEFAULT_LINGER`]).
 //!
 //! Crash safety: the index records the highest position it has applied. At start-up it
 //! re-applies everything the main store committed after that position (new messages,
@@ -28,7 +28,7 @@ const MAX_BATCH: usize = 8192;
 /// results trailing the store by at most this much more. Until 2026-12-02 only batches
 /// under 512 operations waited; waiting always took 10% off the indexer's CPU at 60,000
 /// messages/s (0.245 → 0.22 cores).
-const LINGER: Duration = Duration::from_millis(20);
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(20);
 
 /// One change to apply to the index.
 #[derive(Debug, Clone)]
@@ -225,21 +225,25 @@ fn missed(main: &Connection, after: u64) -> rusqlite::Result<Vec<(u64, IndexOp)>
 }
 
 /// Fills `batch` with the next operations: blocks for the first, then sleeps out the rest
-/// of [`LINGER`] and takes what came meanwhile, up to [`MAX_BATCH`]. False once the
+/// of the linger and takes what came meanwhile, up to [`MAX_BATCH`]. False once the
 /// writer is gone and nothing is left to apply.
 ///
 /// Sleeping instead of waiting on the channel with a timeout matters at moderate rates:
 /// a waiting receiver is woken by every send, which was a wake-up of this thread (and a
 /// `futex` call in the writer) for every store commit, thousands a second at 10,000
 /// messages/s, to gather a batch that is applied 20 ms later anyway.
-fn collect(rx: &mpsc::Receiver<Vec<(u64, IndexOp)>>, batch: &mut Vec<(u64, IndexOp)>) -> bool {
+fn collect(
+    rx: &mpsc::Receiver<Vec<(u64, IndexOp)>>,
+    batch: &mut Vec<(u64, IndexOp)>,
+    linger: Duration,
+) -> bool {
     let Ok(first) = rx.recv() else {
         return false;
     };
     batch.extend(first);
     let backlog = take_ready(rx, batch);
     if !backlog {
-        std::thread::sleep(LINGER);
+        std::thread::sleep(linger);
         take_ready(rx, batch);
     }
     true
@@ -267,7 +271,7 @@ pub struct SearchIndex {
 impl SearchIndex {
     /// Opens the index, catches up with what `main` committed since the index last
     /// applied, and starts the indexing thread.
-    pub fn open(dir: &Path, main: &Connection) -> anyhow::Result<Arc<Self>> {
+    pub fn open(dir: &Path, main: &Connection, linger: Duration) -> anyhow::Result<Arc<Self>> {
         let path = dir.join(SEARCH_FILE);
         let conn = open_index(&path)?;
         let applied: i64 = conn.query_row(
@@ -287,7 +291,7 @@ impl SearchIndex {
             .name("parlor-search-indexer".into())
             .spawn(move || {
                 let mut batch = Vec::new();
-                while collect(&rx, &mut batch) {
+                while collect(&rx, &mut batch, linger) {
                     if let Err(e) = apply(&conn, &batch) {
                         // The next start-up re-applies from the last recorded position.
                         tracing::error!(error = %e, "search indexing failed");
