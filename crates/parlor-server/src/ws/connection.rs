@@ -370,8 +370,8 @@ impl Connection {
     /// once; only when it has none is the wait bounded by [`bounded`]. Setting up that
     /// timeout for every frame read the clock each time and made every handler's future
     /// bigger: the handlers are boxed per frame, and above 1,032 bytes a box misses
-    /// glibc's per-thread cache (10% of the runtime's CPU at 60,000 messages/s went to
-    /// those allocations).
+    /// glibc's per-thread cache (`perf` put 10% of the runtime's samples at 60,000
+    /// messages/s in those allocations).
     async fn feed(&mut self, message: Message) -> Step {
         let ready = std::future::poll_fn(|cx| Poll::Ready(self.socket.poll_ready_unpin(cx))).await;
         match ready {
@@ -661,9 +661,9 @@ mod tests {
 
     /// The handlers of incoming frames and completed sends are boxed each time they run.
     /// glibc serves allocations up to 1,032 bytes from a per-thread cache; bigger ones
-    /// take its general path, which cost 10% of the runtime's CPU at 60,000 messages/s
-    /// when these were 1,112 and 1,048 bytes (docs/BENCHMARKS.md, "direct", eleventh
-    /// session). Measured 560, 488 and 400 bytes with Rust 1.95.
+    /// take its general path, where `perf` put 10% of the runtime's samples at 60,000
+    /// messages/s when these were 1,112 and 1,048 bytes (docs/BENCHMARKS.md, "direct",
+    /// eleventh session). Measured 560, 488 and 400 bytes with Rust 1.95.
     #[test]
     fn per_frame_handlers_stay_within_the_allocator_cache() {
         let on_message = handler_future(Connection::on_message);
