@@ -1,7 +1,8 @@
 //! Frame decode and encode: the per-message JSON work on the hot path.
 
+use parlor_proto::frame_json;
 use parlor_proto::rest::MessageView;
-use parlor_proto::ws::{ClientFrame, MessageEvent, ServerFrame};
+use parlor_proto::ws::{Ack, ClientFrame, MessageEvent, ServerFrame};
 use parlor_proto::Id;
 
 fn main() {
@@ -15,9 +16,8 @@ fn decode_send() -> Option<ClientFrame> {
     serde_json::from_str::<ClientFrame>(divan::black_box(SEND)).ok()
 }
 
-#[divan::bench]
-fn encode_message() -> usize {
-    let frame = ServerFrame::Message(MessageEvent {
+fn message_event() -> ServerFrame {
+    ServerFrame::Message(MessageEvent {
         pos: Id(912_345),
         message: MessageView {
             conv: Id(120_065_114_085_785_600),
@@ -35,8 +35,43 @@ fn encode_message() -> usize {
             deleted: false,
             attachments: Vec::new(),
         },
-    });
-    serde_json::to_string(divan::black_box(&frame))
-        .map(|s| s.len())
-        .unwrap_or(0)
+    })
+}
+
+fn ack() -> ServerFrame {
+    ServerFrame::Ack(Ack {
+        cid: "c-01HF8Z3K2Q9".into(),
+        conv: Id(120_065_114_085_785_600),
+        id: Id(120_065_114_492_633_088),
+        seq: 4_211,
+        pos: Id(912_345),
+        ts: 1_795_851_353_997,
+        duplicate: false,
+    })
+}
+
+/// serde's derived encoding, for comparison with what the server uses.
+#[divan::bench]
+fn encode_message_serde(bencher: divan::Bencher) {
+    let frame = message_event();
+    bencher.bench_local(|| serde_json::to_string(divan::black_box(&frame)).map(|s| s.len()));
+}
+
+/// What the server writes for every message (`frame_json::encode`).
+#[divan::bench]
+fn encode_message(bencher: divan::Bencher) {
+    let frame = message_event();
+    bencher.bench_local(|| frame_json::encode(divan::black_box(&frame)).map(|s| s.len()));
+}
+
+#[divan::bench]
+fn encode_ack_serde(bencher: divan::Bencher) {
+    let frame = ack();
+    bencher.bench_local(|| serde_json::to_string(divan::black_box(&frame)).map(|s| s.len()));
+}
+
+#[divan::bench]
+fn encode_ack(bencher: divan::Bencher) {
+    let frame = ack();
+    bencher.bench_local(|| frame_json::encode(divan::black_box(&frame)).map(|s| s.len()));
 }

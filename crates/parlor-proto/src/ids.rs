@@ -39,19 +39,19 @@ impl Serialize for Id {
 }
 
 /// Tiny stack formatter so that serializing an id does not allocate.
-struct StackStr {
+pub(crate) struct StackStr {
     bytes: [u8; 20],
     start: usize,
 }
 
 impl StackStr {
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits are ever written.
         std::str::from_utf8(&self.bytes[self.start..]).unwrap_or("0")
     }
 }
 
-fn itoa_buf(mut v: u64) -> StackStr {
+pub(crate) fn itoa_buf(mut v: u64) -> StackStr {
     let mut bytes = [0u8; 20];
     let mut i = 20;
     loop {

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`error`]: the stable machine-readable error codes and the error body.
 //! - [`ws`]: WebSocket frames, JSON in text frames, tagged by `"type"`.
+//! - [`frame_json`]: server frames encoded as JSON text (the hot ones by hand).
 //! - [`rest`]: REST request and response bodies.
 //! - [`notify`]: push targets, the in-app notification feed, mute and do-not-disturb.
 //! - [`ids`]: 64-bit ids travel as decimal strings, because JavaScript numbers lose
@@ -12,6 +13,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod frame_json;
 pub mod ids;
 pub mod notify;
 pub mod rest;

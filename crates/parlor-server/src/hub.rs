@@ -270,7 +270,7 @@ pub async fn dispatch(bus: Arc<dyn Bus>, hub: Arc<Hub>, metrics: Arc<Metrics>) {
         for event in batch.iter() {
             metrics.events_published.inc();
             let is_message = matches!(event.frame, ServerFrame::Message(_));
-            let text = match serde_json::to_string(&event.frame) {
+            let text = match parlor_proto::frame_json::encode(&event.frame) {
                 Ok(text) => Utf8Bytes::from(text),
                 Err(e) => {
                     tracing::error!(error = %e, pos = event.pos, "event encoding failed");

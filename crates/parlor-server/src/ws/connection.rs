@@ -315,7 +315,7 @@ impl Connection {
                 End::Close(close::UNAVAILABLE, format!("{}: {}", e.code, e.message))
             })?;
             for event in &page {
-                let text = serde_json::to_string(&event.frame)
+                let text = parlor_proto::frame_json::encode(&event.frame)
                     .map_err(|_| End::Close(close::UNAVAILABLE, "internal".into()))?;
                 if matches!(event.frame, ServerFrame::Message(_)) {
                     self.state.metrics.messages_delivered.inc();
@@ -606,7 +606,7 @@ impl Connection {
 }
 
 fn encode(frame: &ServerFrame) -> Result<Utf8Bytes, End> {
-    serde_json::to_string(frame)
+    parlor_proto::frame_json::encode(frame)
         .map(Utf8Bytes::from)
         .map_err(|_| End::Close(close::UNAVAILABLE, "internal".into()))
 }
