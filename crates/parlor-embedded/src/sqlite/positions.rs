@@ -48,11 +48,44 @@ pub fn copied_through(conn: &Connection, conv: i64) -> rusqlite::Result<u64> {
         .map_or(0, |seq| seq as u64))
 }
 
+/// Runs `read` inside one read transaction (one snapshot), unless the connection is in
+/// one already; `db` maps the transaction's own errors.
+///
+/// Any read that looks at both `message_rows` and `message_tail` in more than one
+/// statement needs it: outside a transaction each statement sees the store as of its own
+/// start, and the writer may copy rows from the tail into `message_rows` in between, so
+/// the second statement would miss rows the first did not see in the tail. `seq_range`
+/// once returned a last `seq` past its position bound that way, and sync sent a slow
+/// consumer messages beyond the head it then reported, out of order and twice.
+pub fn in_one_snapshot<T, E>(
+    conn: &Connection,
+    read: impl FnOnce() -> Result<T, E>,
+    db: impl Fn(rusqlite::Error) -> E,
+) -> Result<T, E> {
+    if !conn.is_autocommit() {
+        return read();
+    }
+    let tx = conn.unchecked_transaction().map_err(&db)?;
+    let out = read()?;
+    tx.commit().map_err(&db)?;
+    Ok(out)
+}
+
 /// The messages of `conv` with `after < pos <= upto`, as an inclusive `seq` range; `None`
 /// when there are none. `known` is the `(pos, seq)` of a message of `conv` the caller
 /// already read (the end of its previous chunk): when it is the message at `after`, the
 /// range starts right after it, without a search.
 pub fn seq_range(
+    conn: &Connection,
+    conv: i64,
+    after: u64,
+    upto: u64,
+    known: Option<(u64, u64)>,
+) -> rusqlite::Result<Option<SeqRange>> {
+    in_one_snapshot(conn, || seq_range_in(conn, conv, after, upto, known), |e| e)
+}
+
+fn seq_range_in(
     conn: &Connection,
     conv: i64,
     after: u64,

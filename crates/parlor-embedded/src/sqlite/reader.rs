@@ -122,15 +122,9 @@ fn messages_at_in(conn: &Connection, keys: &[(i64, u64)]) -> Result<Vec<Option<M
 }
 
 /// Runs `read` inside one read transaction (one snapshot), unless the connection is in
-/// one already.
+/// one already (see [`super::positions::in_one_snapshot`]).
 fn in_one_snapshot<T>(conn: &Connection, read: impl FnOnce() -> Result<T>) -> Result<T> {
-    if !conn.is_autocommit() {
-        return read();
-    }
-    let tx = conn.unchecked_transaction().map_err(db_err)?;
-    let out = read()?;
-    tx.commit().map_err(db_err)?;
-    Ok(out)
+    super::positions::in_one_snapshot(conn, read, db_err)
 }
 
 fn conversation_info(conn: &Connection, conv: ConvId) -> Result<Option<ConversationInfo>> {
@@ -380,7 +374,9 @@ impl BacklogState {
         page: u32,
     ) -> Result<Self> {
         let (spans, other) = pool
-            .run(move |conn| load_backlog_sources(conn, user, since, head))
+            .run(move |conn| {
+                in_one_snapshot(conn, || load_backlog_sources(conn, user, since, head))
+            })
             .await?;
         Ok(BacklogState {
             pool,
@@ -400,7 +396,7 @@ impl BacklogState {
             let chunk = self.merge.chunk();
             let fetched = self
                 .pool
-                .run(move |conn| fetch_chunks(conn, &wanted, chunk))
+                .run(move |conn| in_one_snapshot(conn, || fetch_chunks(conn, &wanted, chunk)))
                 .await;
             let fetched = match fetched {
                 Ok(f) => f,
