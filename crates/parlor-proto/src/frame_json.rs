@@ -25,12 +25,7 @@ fn message(event: &MessageEvent) -> String {
     let mut out = String::with_capacity(160 + m.text.len());
     out.push_str(r#"{"type":"message","pos":"#);
     id(&mut out, event.pos);
-    out.push_str(r#","conv":"#);
-    id(&mut out, m.conv);
-    out.push_str(r#","id":"#);
-    id(&mut out, m.id);
-    out.push_str(r#","seq":"#);
-    out.push_str(itoa_buf(m.seq).as_str());
+    message_key(&mut out, m.conv, m.id, m.seq);
     out.push_str(r#","sender":"#);
     id(&mut out, m.sender);
     out.push_str(r#","text":"#);
@@ -73,12 +68,7 @@ fn ack_frame(ack: &Ack) -> String {
     let mut out = String::with_capacity(160 + ack.cid.len());
     out.push_str(r#"{"type":"ack","cid":"#);
     string(&mut out, &ack.cid);
-    out.push_str(r#","conv":"#);
-    id(&mut out, ack.conv);
-    out.push_str(r#","id":"#);
-    id(&mut out, ack.id);
-    out.push_str(r#","seq":"#);
-    out.push_str(itoa_buf(ack.seq).as_str());
+    message_key(&mut out, ack.conv, ack.id, ack.seq);
     out.push_str(r#","pos":"#);
     id(&mut out, ack.pos);
     out.push_str(r#","ts":"#);
@@ -88,6 +78,16 @@ fn ack_frame(ack: &Ack) -> String {
     }
     out.push('}');
     out
+}
+
+/// `"conv"`, `"id"` and `"seq"`, which name a message in both frames.
+fn message_key(out: &mut String, conv: Id, message: Id, seq: u64) {
+    out.push_str(r#","conv":"#);
+    id(out, conv);
+    out.push_str(r#","id":"#);
+    id(out, message);
+    out.push_str(r#","seq":"#);
+    out.push_str(itoa_buf(seq).as_str());
 }
 
 /// Ids travel as decimal strings (see [`Id`]).
