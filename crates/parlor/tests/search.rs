@@ -374,6 +374,46 @@ async fn the_newest_matches_are_ranked_and_ties_put_the_newest_first() {
     );
 }
 
+/// A search walks the newest matches and skips other conversations'; when most of what it
+/// sees is not the caller's, it finishes inside the index on the caller's conversations,
+/// from where the walk stopped. Either way it finds the caller's newest matches, however
+/// many newer ones other conversations hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_newest_matches_are_found_behind_many_foreign_ones() {
+    let server = start_search_with(&[("PARLOR_LIMITS__SEARCH_CANDIDATES", "2")]);
+    let http = server.http();
+    let ann = user(&http, "ann").await;
+    let ben = user(&http, "ben").await;
+    let cat = user(&http, "cat").await;
+    let ours = direct(&http, &ann, &ben).await;
+    let theirs = direct(&http, &cat, &ben).await;
+    for n in 1..=4 {
+        post(&http, &ann, ours, &format!("fig ours{n}")).await;
+    }
+    for n in 1..=30 {
+        post(&http, &cat, theirs, &format!("fig theirs{n:02}")).await;
+    }
+    indexed(&http, &cat, "theirs30", 1).await;
+    // Every newer match is foreign: the walk gives up at once.
+    let found = search(&http, &ann, "fig").await;
+    assert_eq!(texts(&found), ["fig ours4", "fig ours3"]);
+
+    // One of ann's matches is newest, then foreign ones: the walk keeps it and the index
+    // finds the next one behind the foreign matches.
+    post(&http, &ann, ours, "fig ours5").await;
+    for n in 31..=40 {
+        post(&http, &cat, theirs, &format!("fig theirs{n:02}")).await;
+    }
+    indexed(&http, &cat, "theirs40", 1).await;
+    let found = search(&http, &ann, "fig").await;
+    assert_eq!(texts(&found), ["fig ours5", "fig ours4"]);
+    // Ben is in both: his newest matches are cat's.
+    let found = search(&http, &ben, "fig").await;
+    assert_eq!(texts(&found), ["fig theirs40", "fig theirs39"]);
+    let found = search(&http, &cat, "fig").await;
+    assert_eq!(texts(&found), ["fig theirs40", "fig theirs39"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_callers_conversations_are_searched() {
     let server = start_search();
