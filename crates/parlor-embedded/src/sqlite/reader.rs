@@ -91,9 +91,15 @@ fn messages_at_in(conn: &Connection, keys: &[(i64, u64)]) -> Result<Vec<Option<M
             "SELECT {MESSAGE_COLUMNS} FROM message_rows WHERE conv_id = ?1 AND seq = ?2"
         ))
         .map_err(db_err)?;
-    let mut out = Vec::with_capacity(keys.len());
+    let mut out: Vec<Option<MessageView>> = vec![None; keys.len()];
     let mut missing = HashMap::new();
-    for (index, &(conv, seq)) in keys.iter().enumerate() {
+    // In key order: a conversation's messages are neighbours in the clustered table, so
+    // lookups of several from one conversation (search hits, newest first across many
+    // conversations) hit the pages the previous lookup just read.
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by_key(|&i| keys[i]);
+    for index in order {
+        let (conv, seq) = keys[index];
         let found = copied
             .query_row(params![conv, seq as i64], message_view)
             .optional()
@@ -101,7 +107,7 @@ fn messages_at_in(conn: &Connection, keys: &[(i64, u64)]) -> Result<Vec<Option<M
         if found.is_none() {
             missing.insert((conv as u64, seq), index);
         }
-        out.push(found);
+        out[index] = found;
     }
     if !missing.is_empty() {
         // No test of `message_rows` per tail row (that doubled a search's cost): in this
