@@ -15,6 +15,7 @@ mod read_pool;
 mod reader;
 mod schema;
 mod search_index;
+mod search_query;
 mod uploads;
 mod work_queue;
 mod writer;
@@ -558,15 +559,16 @@ impl Store for SqliteStore {
         let candidates = self.search_candidates;
         self.reads
             .run(move |conn| {
-                let visible = reader::searchable(conn, viewer, query.conv)?;
+                let visible = search_query::searchable(conn, viewer, query.conv)?;
                 if visible.is_empty() {
                     return Ok(SearchResults {
                         results: Vec::new(),
                         next_cursor: None,
                     });
                 }
-                search
-                    .with_reader(|index| reader::search(conn, index, &visible, &query, candidates))
+                search.with_reader(|index| {
+                    search_query::search(conn, index, &visible, &query, candidates)
+                })
             })
             .await
     }

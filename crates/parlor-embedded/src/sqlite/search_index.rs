@@ -78,7 +78,7 @@ pub fn index_rowid(id: u64) -> i64 {
 /// Every indexed message also carries, in the `scope` column, a token naming its
 /// conversation, so that a query can be restricted to the caller's conversations inside
 /// the full-text index itself instead of checking the conversation of every match of a
-/// common word (see `reader::search`). `scope` has weight 0 in the ranking.
+/// common word (see `search_query::search`). `scope` has weight 0 in the ranking.
 pub fn conversation_token(conv: u64) -> String {
     format!("zconv{conv}")
 }
