@@ -277,6 +277,41 @@ pub fn term_phrase(term: &str) -> Option<(Vec<String>, bool)> {
     Some((toks.into_iter().map(str::to_string).collect(), prefix))
 }
 
+/// One page of ranked results from the newest visible matches, `found` newest first: most
+/// relevant first, and since the sort is stable, ties keep the newest on top. Every store
+/// adapter ranks through this, so all of them order the same matches the same way.
+pub fn rank(
+    found: Vec<parlor_proto::rest::MessageView>,
+    query: &crate::model::SearchQuery,
+) -> parlor_proto::rest::SearchResults {
+    let scores: Vec<f64> = found
+        .iter()
+        .map(|m| relevance(&m.text, &query.query.terms))
+        .collect();
+    let mut order: Vec<usize> = (0..found.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let more = order.len() > query.offset as usize + query.limit as usize;
+    let mut slots: Vec<Option<_>> = found.into_iter().map(Some).collect();
+    let results = order
+        .into_iter()
+        .skip(query.offset as usize)
+        .take(query.limit as usize)
+        .filter_map(|i| slots[i].take())
+        .map(|message| {
+            let (snippet, highlights) = snippet(&message.text, &query.query.terms, 160);
+            parlor_proto::rest::SearchHit {
+                message,
+                snippet,
+                highlights,
+            }
+        })
+        .collect();
+    parlor_proto::rest::SearchResults {
+        next_cursor: more.then(|| (query.offset + query.limit).to_string()),
+        results,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,8 @@ use crate::error::{db_err, DbResult};
 use crate::Core;
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
-use parlor_core::search::{fold_token, index_text, relevance, snippet, term_phrase};
-use parlor_proto::rest::{MessageView, SearchHit, SearchResults};
+use parlor_core::search::{fold_token, index_text, rank, term_phrase};
+use parlor_proto::rest::{MessageView, SearchResults};
 use parlor_proto::ErrorCode;
 use tokio_postgres::error::SqlState;
 
@@ -171,37 +171,6 @@ pub async fn search(core: &Core, viewer: UserId, query: SearchQuery) -> Result<S
         })?;
     let found: Vec<MessageView> = rows.iter().map(|r| message_view(r, 0)).collect();
     Ok(rank(found, &query))
-}
-
-/// Most relevant first; `found` is newest first and the sort is stable, so ties keep
-/// the newest on top. Same as the embedded store.
-fn rank(found: Vec<MessageView>, query: &SearchQuery) -> SearchResults {
-    let scores: Vec<f64> = found
-        .iter()
-        .map(|m| relevance(&m.text, &query.query.terms))
-        .collect();
-    let mut order: Vec<usize> = (0..found.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let more = order.len() > query.offset as usize + query.limit as usize;
-    let mut slots: Vec<Option<MessageView>> = found.into_iter().map(Some).collect();
-    let results = order
-        .into_iter()
-        .skip(query.offset as usize)
-        .take(query.limit as usize)
-        .filter_map(|i| slots[i].take())
-        .map(|message| {
-            let (snippet, highlights) = snippet(&message.text, &query.query.terms, 160);
-            SearchHit {
-                message,
-                snippet,
-                highlights,
-            }
-        })
-        .collect();
-    SearchResults {
-        next_cursor: more.then(|| (query.offset + query.limit).to_string()),
-        results,
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::reader::{conversation_info, db_err, messages_at};
 use parlor_core::error::{Error, Result};
 use parlor_core::model::*;
-use parlor_proto::rest::{MessageView, SearchHit, SearchResults};
+use parlor_proto::rest::{MessageView, SearchResults};
 use rusqlite::{params, Connection};
 
 /// Conversations the viewer may search, with the last `seq` they may read (`None`: all).
@@ -176,33 +176,5 @@ pub fn search(
         .flatten()
         .filter(|m| !m.deleted)
         .collect();
-    // Most relevant first; `found` is newest first and the sort is stable, so ties keep
-    // the newest on top.
-    let scores: Vec<f64> = found
-        .iter()
-        .map(|m| parlor_core::search::relevance(&m.text, &query.query.terms))
-        .collect();
-    let mut order: Vec<usize> = (0..found.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let more = order.len() > query.offset as usize + query.limit as usize;
-    let mut slots: Vec<Option<MessageView>> = found.into_iter().map(Some).collect();
-    let hits = order
-        .into_iter()
-        .skip(query.offset as usize)
-        .take(query.limit as usize)
-        .filter_map(|i| slots[i].take())
-        .map(|message| {
-            let (snippet, highlights) =
-                parlor_core::search::snippet(&message.text, &query.query.terms, 160);
-            SearchHit {
-                message,
-                snippet,
-                highlights,
-            }
-        })
-        .collect();
-    Ok(SearchResults {
-        next_cursor: more.then(|| (query.offset + query.limit).to_string()),
-        results: hits,
-    })
+    Ok(parlor_core::search::rank(found, query))
 }
