@@ -487,3 +487,51 @@ async fn member_who_left_or_was_removed_sees_history_only_up_to_that_point() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::NotMember));
 }
+
+/// The embedded store holds its files for one process (SQLite's `unix-excl`): a second
+/// server started on the same data directory exits with a clear error instead of
+/// writing beside the first, and the first goes on undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let opts = parlor_testkit::ServerOptions::default().with_embedded();
+    let first = tokio::task::block_in_place(|| parlor_testkit::TestServer::start(bin(), opts))
+        .expect("start parlor");
+    let http = first.http();
+    let alice = user(&http, "alice").await;
+    let bob = user(&http, "bob").await;
+    let conv = http.open_direct(&alice.token, bob.id).await.unwrap().id;
+    let (mut a, _) = live(&first, &alice.token).await;
+    send(&mut a, conv, "before", "before the second server").await;
+
+    let second = tokio::process::Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(first.data_dir())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let second = tokio::time::timeout(WAIT, second)
+        .await
+        .expect("the second server neither started nor gave up")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "exit status {}", second.status);
+    assert!(
+        stderr.contains("is a Parlor server already running on this data directory?"),
+        "unexpected start-up failure: {stderr}"
+    );
+
+    send(&mut a, conv, "after", "after the second server gave up").await;
+    let texts: Vec<String> = full_history(&http, &bob.token, conv)
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "before the second server",
+            "after the second server gave up"
+        ]
+    );
+}

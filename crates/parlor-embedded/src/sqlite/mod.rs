@@ -8,6 +8,7 @@ mod contacts;
 #[cfg(test)]
 mod message_view_tests;
 mod notifications;
+mod open;
 #[allow(unsafe_code)]
 pub mod page_cache;
 mod positions;
@@ -127,7 +128,7 @@ const RESTART_AFTER_FRAMES: i64 = 8_192;
 /// stalling every message of that batch. PASSIVE never waits for the writer or readers;
 /// RESTART, used only when the log is very large, blocks the writer while it runs.
 fn checkpointer(path: &Path) -> anyhow::Result<std::sync::mpsc::Sender<()>> {
-    let conn = Connection::open(path)?;
+    let conn = open::read_write(path)?;
     conn.busy_handler(Some(retry_soon))?;
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
@@ -168,7 +169,7 @@ fn retry_soon(attempt: i32) -> bool {
 }
 
 fn open_writer_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
-    let mut conn = Connection::open(path)?;
+    let mut conn = open::read_write(path)?;
     conn.busy_handler(Some(retry_soon))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match durability {
@@ -215,8 +216,17 @@ impl SqliteStore {
             ))
         })?;
         let path = options.data_dir.join(DB_FILE);
-        let conn = open_writer_connection(&path, options.durability)
-            .map_err(|e| anyhow::anyhow!(format!("cannot open {}: {e}", path.display())))?;
+        let conn = open_writer_connection(&path, options.durability).map_err(|e| {
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+                anyhow::anyhow!(
+                    "cannot open {}: another process holds it (is a Parlor server already \
+                     running on this data directory?)",
+                    path.display()
+                )
+            } else {
+                anyhow::anyhow!("cannot open {}: {e}", path.display())
+            }
+        })?;
         let revoked: HashSet<u64> = {
             let mut stmt = conn.prepare("SELECT id FROM sessions WHERE revoked = 1")?;
             let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;

@@ -94,7 +94,7 @@ pub struct NotifyDb {
 impl NotifyDb {
     pub fn open(dir: &Path) -> anyhow::Result<NotifyDb> {
         let path = dir.join(NOTIFY_FILE);
-        let conn = Connection::open(&path)
+        let conn = super::open::read_write(&path)
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

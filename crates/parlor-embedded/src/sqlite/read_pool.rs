@@ -13,7 +13,7 @@
 use super::reader::db_err;
 use parking_lot::Mutex;
 use parlor_core::error::{Error, Result};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,10 +44,7 @@ impl ReadPool {
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let conn = super::open::query_only(&self.path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "cache_size", -16_384)?;
         Ok(conn)

@@ -12,7 +12,7 @@ use super::reader::db_err;
 use parking_lot::Mutex;
 use parlor_core::error::Result;
 use parlor_core::search;
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -84,7 +84,7 @@ pub fn conversation_token(conv: u64) -> String {
 }
 
 fn open_index(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    let conn = super::open::read_write(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -329,11 +329,7 @@ impl SearchIndex {
         let conn = match self.idle.lock().pop() {
             Some(conn) => conn,
             None => {
-                let conn = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(db_err)?;
+                let conn = super::open::query_only(&self.path).map_err(db_err)?;
                 conn.busy_timeout(Duration::from_secs(5)).map_err(db_err)?;
                 conn
             }
